@@ -1,0 +1,54 @@
+"""jaxjac: exact, batched, jit-compiled derivatives of neural networks in JAX."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from jaxjac import closed_form
+from jaxjac.activations import Activation, get_activation, list_activations, register_activation
+from jaxjac.derivatives import (
+    batch_input_hessian,
+    batch_input_jacobian,
+    batch_weight_jacobian,
+    input_hessian,
+    input_hvp,
+    input_jacobian,
+    input_jvp,
+    input_vjp,
+    weight_hessian,
+    weight_hessian_matrix,
+    weight_hvp,
+    weight_jacobian,
+    weight_jvp,
+    weight_vjp,
+)
+from jaxjac.nets import mlp_apply, mlp_init, mlp_sizes, validate_mlp_params
+
+try:
+    __version__ = version("jaxjac")
+except PackageNotFoundError:  # running from a source tree without installation
+    __version__ = "0+unknown"
+
+__all__ = [
+    "Activation",
+    "batch_input_hessian",
+    "batch_input_jacobian",
+    "batch_weight_jacobian",
+    "closed_form",
+    "get_activation",
+    "input_hessian",
+    "input_hvp",
+    "input_jacobian",
+    "input_jvp",
+    "input_vjp",
+    "list_activations",
+    "mlp_apply",
+    "mlp_init",
+    "mlp_sizes",
+    "register_activation",
+    "validate_mlp_params",
+    "weight_hessian",
+    "weight_hessian_matrix",
+    "weight_hvp",
+    "weight_jacobian",
+    "weight_jvp",
+    "weight_vjp",
+]

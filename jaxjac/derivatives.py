@@ -1,0 +1,394 @@
+"""Jit-compiled autodiff derivatives of any ``f(params, x)`` with respect to input and weights.
+
+Every public function here is compiled once per ``(f, static options, shapes, dtypes)``: ``f``
+is a static argument of :func:`jax.jit`, so calling again with the same function object and
+shapes reuses the compiled program instead of re-tracing. Pass the *same* function object on
+every call (a module-level ``def`` or one ``functools.partial`` kept around); a fresh
+``lambda`` per call is a new function and compiles anew.
+
+Layouts (``f_out`` is the shape of ``f(params, x)`` for one example):
+
+* input Jacobian: ``f_out + x.shape``; input Hessian: ``f_out + x.shape + x.shape``;
+* weight Jacobian: a pytree shaped like ``params`` whose leaves are ``f_out + leaf.shape``;
+* batched forms put the batch axis first: ``(B,) + per-example shape`` (leaf-wise for pytrees).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+from jax.typing import ArrayLike
+
+__all__ = [
+    "batch_input_hessian",
+    "batch_input_jacobian",
+    "batch_weight_jacobian",
+    "input_hessian",
+    "input_hvp",
+    "input_jacobian",
+    "input_jvp",
+    "input_vjp",
+    "weight_hessian",
+    "weight_hessian_matrix",
+    "weight_hvp",
+    "weight_jacobian",
+    "weight_jvp",
+    "weight_vjp",
+]
+
+Fn = Callable[[Any, jax.Array], Any]
+Mode = Literal["auto", "fwd", "rev"]
+_MODES = ("auto", "fwd", "rev")
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in _MODES:
+        raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+
+
+def _check_chunk_size(chunk_size: int | None) -> None:
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
+
+
+def _check_batched(xs: ArrayLike) -> None:
+    if jnp.ndim(xs) < 1:
+        raise ValueError(
+            f"xs must have a leading batch axis, got a scalar of shape {jnp.shape(xs)}"
+        )
+
+
+def resolve_input_mode(n_in: int, n_out: int, mode: str = "auto") -> str:
+    """Choose forward or reverse accumulation for an ``(n_out, n_in)`` Jacobian.
+
+    Forward mode costs one pass per input column, reverse mode one per output row, so ``auto``
+    picks ``fwd`` when ``n_in <= n_out`` and ``rev`` otherwise.
+    """
+    _check_mode(mode)
+    if mode != "auto":
+        return mode
+    return "fwd" if n_in <= n_out else "rev"
+
+
+def _out_size(f: Fn, params: Any, x: jax.Array) -> int:
+    out = jax.eval_shape(f, params, x)
+    return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(out))
+
+
+# --- per-example building blocks (plain functions: they compose under vmap, grad, shard_map) --
+
+
+def _input_jacobian(f: Fn, params: Any, x: jax.Array, mode: str = "auto") -> Any:
+    mode = resolve_input_mode(math.prod(jnp.shape(x)), _out_size(f, params, x), mode)
+    jac = jax.jacfwd if mode == "fwd" else jax.jacrev
+    return jac(lambda x_: f(params, x_))(x)
+
+
+def _input_hessian(f: Fn, params: Any, x: jax.Array) -> Any:
+    # Forward-over-reverse: the cheapest generic composition (one reverse sweep per tangent).
+    return jax.hessian(lambda x_: f(params, x_))(x)
+
+
+def _weight_jacobian(f: Fn, params: Any, x: jax.Array, mode: str = "rev") -> Any:
+    _check_mode(mode)
+    n_params = sum(leaf.size for leaf in jax.tree_util.tree_leaves(params))
+    mode = resolve_input_mode(n_params, _out_size(f, params, x), mode)
+    jac = jax.jacfwd if mode == "fwd" else jax.jacrev
+    return jac(lambda p: f(p, x))(params)
+
+
+def _scalar_loss(f: Fn, params: Any, x: jax.Array) -> Callable[[Any], jax.Array]:
+    out = jax.eval_shape(f, params, x)
+    if not hasattr(out, "shape") or out.shape != ():
+        shape = getattr(out, "shape", type(out).__name__)
+        raise ValueError(f"f must return a scalar (a loss) for weight Hessians, got shape {shape}")
+    return lambda p: f(p, x)
+
+
+def _weight_hessian(f: Fn, params: Any, x: jax.Array) -> Any:
+    return jax.hessian(_scalar_loss(f, params, x))(params)
+
+
+def _weight_hessian_matrix(f: Fn, params: Any, x: jax.Array) -> jax.Array:
+    loss = _scalar_loss(f, params, x)
+    flat, unravel = ravel_pytree(params)
+    return jax.hessian(lambda v: loss(unravel(v)))(flat)
+
+
+def _map_batch(fn: Callable[[jax.Array], Any], xs: jax.Array, chunk_size: int | None) -> Any:
+    """Apply ``fn`` to every row of ``xs``: one vmap, or chunks of ``chunk_size`` rows.
+
+    ``lax.map`` with ``batch_size`` runs a sequential loop over vmapped chunks (and one vmapped
+    remainder when ``chunk_size`` does not divide the batch), so peak memory scales with
+    ``chunk_size`` instead of the batch while results stay identical.
+    """
+    _check_batched(xs)
+    _check_chunk_size(chunk_size)
+    if chunk_size is None or chunk_size >= xs.shape[0]:
+        return jax.vmap(fn)(xs)
+    return jax.lax.map(fn, xs, batch_size=chunk_size)
+
+
+def _batch_input_jacobian(f, params, xs, mode="auto", chunk_size=None):
+    return _map_batch(lambda x: _input_jacobian(f, params, x, mode), xs, chunk_size)
+
+
+def _batch_input_hessian(f, params, xs, chunk_size=None):
+    return _map_batch(lambda x: _input_hessian(f, params, x), xs, chunk_size)
+
+
+def _batch_weight_jacobian(f, params, xs, mode="rev", chunk_size=None):
+    return _map_batch(lambda x: _weight_jacobian(f, params, x, mode), xs, chunk_size)
+
+
+def _input_jvp(f, params, x, v):
+    return jax.jvp(lambda x_: f(params, x_), (x,), (v,))
+
+
+def _input_vjp(f, params, x, u):
+    out, pullback = jax.vjp(lambda x_: f(params, x_), x)
+    return out, pullback(u)[0]
+
+
+def _input_hvp(f, params, x, v):
+    return jax.jvp(jax.jacrev(lambda x_: f(params, x_)), (x,), (v,))[1]
+
+
+def _weight_jvp(f, params, x, tangent):
+    return jax.jvp(lambda p: f(p, x), (params,), (tangent,))
+
+
+def _weight_vjp(f, params, x, u):
+    out, pullback = jax.vjp(lambda p: f(p, x), params)
+    return out, pullback(u)[0]
+
+
+def _weight_hvp(f, params, x, v):
+    return jax.jvp(jax.grad(_scalar_loss(f, params, x)), (params,), (v,))[1]
+
+
+# --- public, jit-compiled entry points --------------------------------------------------------
+
+
+def _jit_entry(*static: str) -> Callable[[Callable], Callable]:
+    """Compile a public entry once per (f, static options, shapes): f itself is static."""
+
+    def wrap(fn: Callable) -> Callable:
+        compiled = jax.jit(fn, static_argnames=("f", *static))
+
+        @functools.wraps(fn)
+        def entry(f: Fn, *args, **kwargs):
+            try:
+                hash(f)
+            except TypeError:
+                raise TypeError(
+                    f"f must be hashable to be compiled once and cached, got {type(f).__name__}; "
+                    "wrap it in a def or functools.partial"
+                ) from None
+            return compiled(f, *args, **kwargs)
+
+        entry.lower = compiled.lower  # inspect the compiled program: entry.lower(...).as_text()
+        return entry
+
+    return wrap
+
+
+@_jit_entry("mode")
+def input_jacobian(f: Fn, params: Any, x: ArrayLike, *, mode: Mode = "auto") -> jax.Array:
+    """Jacobian of ``f(params, x)`` with respect to ``x``.
+
+    Args:
+        f: ``f(params, x) -> array``; hashable, ideally the same object on every call.
+        params: any pytree, passed through.
+        x: input of any shape.
+        mode: ``"fwd"`` (one JVP per input entry), ``"rev"`` (one VJP per output entry) or
+            ``"auto"``: the cheaper of the two by size (``fwd`` when ``x.size <= f_out.size``).
+
+    Returns:
+        ``f_out.shape + x.shape``.
+    """
+    return _input_jacobian(f, params, x, mode=mode)
+
+
+@_jit_entry()
+def input_hessian(f: Fn, params: Any, x: ArrayLike) -> jax.Array:
+    """Hessian of ``f(params, x)`` with respect to ``x``, for every output entry.
+
+    Returns:
+        ``f_out.shape + x.shape + x.shape`` (symmetric in the last two groups of axes).
+    """
+    return _input_hessian(f, params, x)
+
+
+@_jit_entry("mode")
+def weight_jacobian(f: Fn, params: Any, x: ArrayLike, *, mode: Mode = "rev") -> Any:
+    """Jacobian of ``f(params, x)`` with respect to the parameters.
+
+    Args:
+        f: ``f(params, x) -> array``.
+        params: pytree of arrays.
+        x: one input.
+        mode: ``"rev"`` (default: networks have far more weights than outputs), ``"fwd"``, or
+            ``"auto"`` (by total parameter count against output size).
+
+    Returns:
+        A pytree shaped like ``params`` whose leaves have shape ``f_out.shape + leaf.shape``.
+    """
+    return _weight_jacobian(f, params, x, mode=mode)
+
+
+@_jit_entry()
+def weight_hessian(f: Fn, params: Any, x: ArrayLike) -> Any:
+    """Hessian of a scalar ``f(params, x)`` (a loss) with respect to the parameters.
+
+    Returns:
+        A nested pytree: ``H[i][j]`` (structure of ``params`` twice) with leaves of shape
+        ``leaf_i.shape + leaf_j.shape``. Use :func:`weight_hessian_matrix` for one flat matrix.
+
+    Raises:
+        ValueError: if ``f`` does not return a scalar.
+    """
+    return _weight_hessian(f, params, x)
+
+
+@_jit_entry()
+def weight_hessian_matrix(f: Fn, params: Any, x: ArrayLike) -> jax.Array:
+    """Hessian of a scalar ``f(params, x)`` over the raveled parameters.
+
+    The ordering is that of :func:`jax.flatten_util.ravel_pytree` (leaves in tree order, each
+    row-major), so ``ravel_pytree(params)[1]`` maps a row back to a pytree.
+
+    Returns:
+        ``(P, P)`` with ``P`` the total parameter count.
+    """
+    return _weight_hessian_matrix(f, params, x)
+
+
+@_jit_entry("mode", "chunk_size")
+def batch_input_jacobian(
+    f: Fn, params: Any, xs: ArrayLike, *, mode: Mode = "auto", chunk_size: int | None = None
+) -> jax.Array:
+    """Per-example input Jacobians over a leading batch axis (no cross-batch terms).
+
+    Args:
+        f: ``f(params, x) -> array`` for one example ``x``.
+        params: pytree, shared by all examples.
+        xs: ``(B,) + x.shape``.
+        mode: as in :func:`input_jacobian`.
+        chunk_size: process ``chunk_size`` examples at a time to bound peak memory (any positive
+            size, dividing ``B`` or not); ``None`` vectorises the whole batch. Same results.
+
+    Returns:
+        ``(B,) + f_out.shape + x.shape``.
+    """
+    return _batch_input_jacobian(f, params, xs, mode=mode, chunk_size=chunk_size)
+
+
+@_jit_entry("chunk_size")
+def batch_input_hessian(
+    f: Fn, params: Any, xs: ArrayLike, *, chunk_size: int | None = None
+) -> jax.Array:
+    """Per-example input Hessians over a leading batch axis.
+
+    Returns:
+        ``(B,) + f_out.shape + x.shape + x.shape``. ``chunk_size`` as in
+        :func:`batch_input_jacobian`.
+    """
+    return _batch_input_hessian(f, params, xs, chunk_size=chunk_size)
+
+
+@_jit_entry("mode", "chunk_size")
+def batch_weight_jacobian(
+    f: Fn, params: Any, xs: ArrayLike, *, mode: Mode = "rev", chunk_size: int | None = None
+) -> Any:
+    """Per-example weight Jacobians over a leading batch axis.
+
+    Returns:
+        A pytree shaped like ``params`` with leaves ``(B,) + f_out.shape + leaf.shape``.
+        ``chunk_size`` as in :func:`batch_input_jacobian`.
+    """
+    return _batch_weight_jacobian(f, params, xs, mode=mode, chunk_size=chunk_size)
+
+
+@_jit_entry()
+def input_jvp(f: Fn, params: Any, x: ArrayLike, v: ArrayLike) -> tuple[jax.Array, jax.Array]:
+    """Jacobian-vector product in input space without forming the Jacobian.
+
+    Args:
+        v: tangent, ``x.shape``.
+
+    Returns:
+        ``(f(params, x), J v)``, the second of shape ``f_out.shape``.
+    """
+    return _input_jvp(f, params, x, v)
+
+
+@_jit_entry()
+def input_vjp(f: Fn, params: Any, x: ArrayLike, u: ArrayLike) -> tuple[jax.Array, jax.Array]:
+    """Vector-Jacobian product in input space.
+
+    Args:
+        u: cotangent, ``f_out.shape``.
+
+    Returns:
+        ``(f(params, x), uᵀ J)``, the second of shape ``x.shape``.
+    """
+    return _input_vjp(f, params, x, u)
+
+
+@_jit_entry()
+def input_hvp(f: Fn, params: Any, x: ArrayLike, v: ArrayLike) -> jax.Array:
+    """Hessian-vector product in input space (forward-over-reverse), for every output entry.
+
+    Args:
+        v: direction, ``x.shape``.
+
+    Returns:
+        ``f_out.shape + x.shape``: ``Σ_j H[..., :, j] v_j``.
+    """
+    return _input_hvp(f, params, x, v)
+
+
+@_jit_entry()
+def weight_jvp(f: Fn, params: Any, x: ArrayLike, tangent: Any) -> tuple[jax.Array, jax.Array]:
+    """Jacobian-vector product in weight space.
+
+    Args:
+        tangent: a pytree shaped like ``params``.
+
+    Returns:
+        ``(f(params, x), J_w tangent)``, the second of shape ``f_out.shape``.
+    """
+    return _weight_jvp(f, params, x, tangent)
+
+
+@_jit_entry()
+def weight_vjp(f: Fn, params: Any, x: ArrayLike, u: ArrayLike) -> tuple[jax.Array, Any]:
+    """Vector-Jacobian product in weight space.
+
+    Args:
+        u: cotangent, ``f_out.shape``.
+
+    Returns:
+        ``(f(params, x), uᵀ J_w)``, the second a pytree shaped like ``params``.
+    """
+    return _weight_vjp(f, params, x, u)
+
+
+@_jit_entry()
+def weight_hvp(f: Fn, params: Any, x: ArrayLike, v: Any) -> Any:
+    """Hessian-vector product of a scalar ``f(params, x)`` in weight space.
+
+    Args:
+        v: a pytree shaped like ``params``.
+
+    Returns:
+        A pytree shaped like ``params``.
+    """
+    return _weight_hvp(f, params, x, v)
