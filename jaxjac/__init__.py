@@ -4,6 +4,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from jaxjac import closed_form
 from jaxjac.activations import Activation, get_activation, list_activations, register_activation
+from jaxjac.cross_check import CrossCheckReport, cross_check
 from jaxjac.derivatives import (
     batch_input_hessian,
     batch_input_jacobian,
@@ -29,10 +30,12 @@ except PackageNotFoundError:  # running from a source tree without installation
 
 __all__ = [
     "Activation",
+    "CrossCheckReport",
     "batch_input_hessian",
     "batch_input_jacobian",
     "batch_weight_jacobian",
     "closed_form",
+    "cross_check",
     "get_activation",
     "input_hessian",
     "input_hvp",

@@ -48,7 +48,8 @@ def run_demo(args: argparse.Namespace) -> int:
     print("tansig(z) = 2/(1+exp(-2z)) - 1 (MATLAB), f' = 1 - f², f'' = -2 f (1 - f²)")
     z = jnp.linspace(-50.0, 50.0, 10001)
     tansig = jj.get_activation("tansig")
-    print(f"  max |tansig - tanh| on [-50, 50]: {float(jnp.max(jnp.abs(tansig.f(z) - jnp.tanh(z)))):.1e}")
+    gap = float(jnp.max(jnp.abs(tansig.f(z) - jnp.tanh(z))))
+    print(f"  max |tansig - tanh| on [-50, 50]: {gap:.1e}")
     wrong = 1 / (1 + jnp.exp(-2 * z)) - 1
     print(
         f"  the circulating 1/(1+exp(-2z)) - 1 has range ({float(wrong.min()):.0f}, "
@@ -75,7 +76,9 @@ def run_demo(args: argparse.Namespace) -> int:
     print("\nTextbook example f(x, y) = (x + y, xy) at (-1, 2):")
     _print_matrix("Jacobian [[1, 1], [y, x]]", jac)
     det = float(jnp.linalg.det(jac))
-    print(f"  det J = x - y = {det:.6g}: the map scales area by {abs(det):.6g} and flips orientation")
+    print(
+        f"  det J = x - y = {det:.6g}: the map scales area by {abs(det):.6g} and flips orientation"
+    )
     return 0 if report.passed else 1
 
 

@@ -91,7 +91,9 @@ class CrossCheckReport:
         lines = [fmt.format(*head), fmt.format(*("-" * w for w in widths))]
         lines += [fmt.format(*row) for row in body]
         verdict = "all routes agree" if self.passed else "ROUTES DISAGREE"
-        lines.append(f"{verdict} (exact routes in {self.dtype}, finite differences in {self.fd_dtype})")
+        lines.append(
+            f"{verdict} (exact routes in {self.dtype}, finite differences in {self.fd_dtype})"
+        )
         return "\n".join(lines)
 
 
