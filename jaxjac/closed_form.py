@@ -139,7 +139,7 @@ def _output_adjoints(params, d1, batch):
 def _hessian(params, x, act):
     fw = _forward(params, x, act, second=True)
     batch = x.shape[0]
-    deltas = _output_adjoints(params, fw.d1, batch)
+    deltas = _output_adjoints(params, fw.d1, batch) if len(params) > 1 else []
     n_in = x.shape[1]
     hess = jnp.zeros((batch, params[-1]["W"].shape[0], n_in, n_in), x.dtype)
     jz = jnp.broadcast_to(params[0]["W"], (batch, *params[0]["W"].shape))  # ∂z_1/∂x

@@ -1,0 +1,307 @@
+"""Autodiff helpers: known identities, layouts, batching, chunking, products, compile-once."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+import jaxjac as jj
+from jaxjac.derivatives import resolve_input_mode
+from tests.helpers import assert_close, central_jacobian, exact_rtol, fd_rtol
+
+F64 = jnp.float64
+MODES = ["fwd", "rev", "auto"]
+
+
+def _mlp_tanh(params, x):
+    return jj.mlp_apply(params, x, "tanh")
+
+
+def _loss(params, x):
+    return jnp.sum(jj.mlp_apply(params, x, "tansig") ** 2)
+
+
+@pytest.fixture(scope="module")
+def net():
+    params = jj.mlp_init(jax.random.key(0), [4, 6, 5, 3], dtype=F64)
+    xs = jax.random.normal(jax.random.key(1), (7, 4), F64)
+    return params, xs
+
+
+# --- the five identities -----------------------------------------------------------------
+
+
+def _linear(w, x):
+    return w @ x
+
+
+def _sqnorm(_, x):
+    return jnp.sum(x**2)
+
+
+def _elementwise_sin(_, x):
+    return jnp.sin(x)
+
+
+def _times_c(c, x):
+    return x * c
+
+
+def _plus_c(c, x):
+    return x + c
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_identities(mode):
+    x = jnp.array([0.3, -1.2, 2.0])
+    w = jnp.array([[1.0, 2.0, 3.0], [-1.0, 0.5, 0.25]])
+    c = jnp.array([2.0, -3.0, 0.5])
+    eye = jnp.eye(3)
+    assert_close(jj.input_jacobian(_linear, w, x, mode=mode), w, exact_rtol(F64), what="Wx")
+    assert_close(jj.input_jacobian(_sqnorm, None, x, mode=mode), 2 * x, exact_rtol(F64))
+    assert_close(
+        jj.input_jacobian(_elementwise_sin, None, x, mode=mode), jnp.diag(jnp.cos(x)), 1e-15
+    )
+    assert_close(jj.input_jacobian(_times_c, c, x, mode=mode), jnp.diag(c), 0.0)
+    assert_close(jj.input_jacobian(_plus_c, c, x, mode=mode), eye, 0.0)
+
+
+def test_hessian_identities():
+    x = jnp.array([0.3, -1.2, 2.0])
+    assert_close(jj.input_hessian(_sqnorm, None, x), 2 * jnp.eye(3), 0.0)
+    hess = jj.input_hessian(_elementwise_sin, None, x)  # (3, 3, 3): H[k] = -sin(x_k) e_k e_kᵀ
+    expected = np.zeros((3, 3, 3))
+    for k in range(3):
+        expected[k, k, k] = -np.sin(float(x[k]))
+    assert_close(hess, expected, 1e-15)
+
+
+# --- layouts -----------------------------------------------------------------------------
+
+
+def _matrix_fn(w, x):
+    # x: (2, 3) -> (4, 2): a matrix-valued function of a matrix.
+    return jnp.tanh(w @ x.reshape(-1)).reshape(4, 2)
+
+
+def test_layouts_for_matrix_inputs_and_outputs():
+    w = jax.random.normal(jax.random.key(3), (8, 6), F64)
+    x = jax.random.normal(jax.random.key(4), (2, 3), F64)
+    for mode in MODES:
+        jac = jj.input_jacobian(_matrix_fn, w, x, mode=mode)
+        assert jac.shape == (4, 2, 2, 3)
+        flat = central_jacobian(
+            lambda v: np.asarray(_matrix_fn(w, v.reshape(2, 3))).ravel(), x.ravel()
+        )
+        assert_close(jac.reshape(8, 6), flat, fd_rtol(F64))
+    hess = jj.input_hessian(_matrix_fn, w, x)
+    assert hess.shape == (4, 2, 2, 3, 2, 3)
+    wjac = jj.weight_jacobian(_matrix_fn, w, x)
+    assert wjac.shape == (4, 2, 8, 6)
+
+
+def test_auto_mode_picks_the_cheaper_side():
+    assert resolve_input_mode(10, 2) == "rev"
+    assert resolve_input_mode(2, 10) == "fwd"
+    assert resolve_input_mode(3, 3) == "fwd"
+    assert resolve_input_mode(3, 1, "fwd") == "fwd"
+    with pytest.raises(ValueError, match="mode must be one of"):
+        resolve_input_mode(3, 1, "sideways")
+
+
+# --- MLP derivatives against the other routes ----------------------------------------------
+
+
+def test_input_jacobian_and_hessian_against_finite_differences(net):
+    params, xs = net
+    x = xs[0]
+    fd = central_jacobian(lambda v: np.asarray(_mlp_tanh(params, v)), x)
+    for mode in MODES:
+        assert_close(jj.input_jacobian(_mlp_tanh, params, x, mode=mode), fd, fd_rtol(F64))
+    fd_h = central_jacobian(lambda v: np.asarray(jax.jacrev(_mlp_tanh, 1)(params, v)), x)
+    assert_close(jj.input_hessian(_mlp_tanh, params, x), fd_h, fd_rtol(F64))
+
+
+def test_weight_jacobian_against_closed_form_and_finite_differences(net):
+    params, xs = net
+    x = xs[0]
+    closed = jj.closed_form.mlp_weight_jacobian(params, x, "tanh")
+    for mode in ("rev", "fwd", "auto"):
+        wjac = jj.weight_jacobian(_mlp_tanh, params, x, mode=mode)
+        assert jax.tree_util.tree_structure(wjac) == jax.tree_util.tree_structure(params)
+        assert wjac[1]["W"].shape == (3, 5, 6)
+        assert_close(wjac, closed, exact_rtol(F64))
+    flat, unravel = ravel_pytree(params)
+    fd = central_jacobian(lambda v: np.asarray(_mlp_tanh(unravel(v), x)), flat)  # (3, P)
+    wjac = jj.weight_jacobian(_mlp_tanh, params, x)
+    flat_jac = np.concatenate(
+        [leaf.reshape(3, -1) for leaf in jax.tree_util.tree_leaves(wjac)], axis=1
+    )
+    assert_close(flat_jac, fd, fd_rtol(F64))
+
+
+def test_weight_hessian_matrix_and_pytree_agree_with_finite_differences(net):
+    params, xs = net
+    x = xs[0]
+    flat, unravel = ravel_pytree(params)
+    mat = jj.weight_hessian_matrix(_loss, params, x)
+    assert mat.shape == (flat.size, flat.size)
+    assert_close(mat, mat.T, exact_rtol(F64))
+    grad = jax.grad(lambda v: _loss(unravel(v), x))
+    assert_close(mat, central_jacobian(lambda v: np.asarray(grad(v)), flat), fd_rtol(F64))
+    tree = jj.weight_hessian(_loss, params, x)
+    block = tree[1]["W"][0]["b"]  # ∂²L / ∂W_2 ∂b_1: (5, 6) + (6,)
+    assert block.shape == (5, 6, 6)
+    i0 = 4 * 6 + 6  # offset of W_2 in the raveled order W_1, b_1, W_2, ...
+    j0 = 4 * 6  # offset of b_1
+    expected = mat[i0 : i0 + 30, j0 : j0 + 6].reshape(5, 6, 6)
+    assert_close(block, expected, exact_rtol(F64))
+
+
+def test_weight_hessian_requires_a_scalar(net):
+    params, xs = net
+    with pytest.raises(ValueError, match=r"scalar.*got shape \(3,\)"):
+        jj.weight_hessian(_mlp_tanh, params, xs[0])
+    with pytest.raises(ValueError, match="scalar"):
+        jj.weight_hessian_matrix(_mlp_tanh, params, xs[0])
+
+
+# --- batching and chunking ---------------------------------------------------------------
+
+
+def test_batched_equals_looped(net):
+    params, xs = net
+    jac = jj.batch_input_jacobian(_mlp_tanh, params, xs)
+    hess = jj.batch_input_hessian(_mlp_tanh, params, xs)
+    wjac = jj.batch_weight_jacobian(_mlp_tanh, params, xs)
+    assert jac.shape == (7, 3, 4) and hess.shape == (7, 3, 4, 4)
+    assert wjac[0]["W"].shape == (7, 3, 6, 4)
+    for i, x in enumerate(xs):
+        assert_close(jac[i], jj.input_jacobian(_mlp_tanh, params, x), exact_rtol(F64))
+        assert_close(hess[i], jj.input_hessian(_mlp_tanh, params, x), exact_rtol(F64))
+        per = jj.weight_jacobian(_mlp_tanh, params, x)
+        assert_close(jax.tree_util.tree_map(lambda leaf, i=i: leaf[i], wjac), per, exact_rtol(F64))
+
+
+@pytest.mark.parametrize("chunk_size", [1, 2, 3, 7, 100])
+def test_every_chunk_size_equals_unchunked(net, chunk_size):
+    params, xs = net
+    pairs = [
+        (jj.batch_input_jacobian, {}),
+        (jj.batch_input_jacobian, {"mode": "fwd"}),
+        (jj.batch_input_hessian, {}),
+        (jj.batch_weight_jacobian, {}),
+    ]
+    for helper, kwargs in pairs:
+        whole = helper(_mlp_tanh, params, xs, **kwargs)
+        chunked = helper(_mlp_tanh, params, xs, chunk_size=chunk_size, **kwargs)
+        assert_close(chunked, whole, exact_rtol(F64), what=f"{helper.__name__} {chunk_size}")
+
+
+def test_bad_chunk_size_and_unbatched_input(net):
+    params, xs = net
+    with pytest.raises(ValueError, match="chunk_size must be a positive integer"):
+        jj.batch_input_jacobian(_mlp_tanh, params, xs, chunk_size=0)
+    with pytest.raises(ValueError, match="leading batch axis"):
+        jj.batch_input_jacobian(_sqnorm, None, jnp.array(1.0))
+
+
+def test_float32_batched_jacobian_within_dtype_tolerance(net):
+    params, xs = net
+    p32 = jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), params)
+    jac32 = jj.batch_input_jacobian(_mlp_tanh, p32, xs.astype(jnp.float32))
+    assert jac32.dtype == jnp.float32
+    assert_close(jac32, jj.batch_input_jacobian(_mlp_tanh, params, xs), exact_rtol(jnp.float32))
+
+
+# --- products --------------------------------------------------------------------------------
+
+
+def test_input_products_against_dense(net):
+    params, xs = net
+    x = xs[0]
+    v = jax.random.normal(jax.random.key(5), (4,), F64)
+    u = jax.random.normal(jax.random.key(6), (3,), F64)
+    jac = jj.input_jacobian(_mlp_tanh, params, x)
+    hess = jj.input_hessian(_mlp_tanh, params, x)
+    out, jv = jj.input_jvp(_mlp_tanh, params, x, v)
+    assert_close(out, _mlp_tanh(params, x), 0.0)
+    assert_close(jv, jac @ v, exact_rtol(F64))
+    _, uj = jj.input_vjp(_mlp_tanh, params, x, u)
+    assert_close(uj, u @ jac, exact_rtol(F64))
+    assert_close(jj.input_hvp(_mlp_tanh, params, x, v), hess @ v, exact_rtol(F64))
+
+
+def test_weight_products_against_dense(net):
+    params, xs = net
+    x = xs[0]
+    flat, unravel = ravel_pytree(params)
+    t = jax.random.normal(jax.random.key(7), flat.shape, F64)
+    u = jax.random.normal(jax.random.key(8), (3,), F64)
+    jac = jax.jacrev(lambda v: _mlp_tanh(unravel(v), x))(flat)  # (3, P)
+    _, jt = jj.weight_jvp(_mlp_tanh, params, x, unravel(t))
+    assert_close(jt, jac @ t, exact_rtol(F64))
+    _, uj = jj.weight_vjp(_mlp_tanh, params, x, u)
+    assert_close(ravel_pytree(uj)[0], u @ jac, exact_rtol(F64))
+    hv = jj.weight_hvp(_loss, params, x, unravel(t))
+    assert_close(ravel_pytree(hv)[0], jj.weight_hessian_matrix(_loss, params, x) @ t, 1e-12)
+
+
+# --- compile once ------------------------------------------------------------------------
+
+
+def test_second_call_with_same_shapes_does_not_retrace():
+    traces = []
+
+    def counted(params, x):
+        traces.append(x.shape)  # runs only while JAX traces
+        return jj.mlp_apply(params, x, "tansig")
+
+    params = jj.mlp_init(jax.random.key(0), [3, 4, 2], dtype=F64)
+    xs = jax.random.normal(jax.random.key(1), (5, 3), F64)
+    for helper in (jj.input_jacobian, jj.input_hessian, jj.weight_jacobian):
+        traces.clear()
+        helper(counted, params, xs[0])
+        first = len(traces)
+        assert first > 0
+        helper(counted, params, xs[1])  # new values, same shapes: cached
+        assert len(traces) == first, helper.__name__
+    traces.clear()
+    jj.batch_input_jacobian(counted, params, xs, chunk_size=2)
+    first = len(traces)
+    jj.batch_input_jacobian(counted, params, xs + 1.0, chunk_size=2)
+    assert len(traces) == first
+    jj.batch_input_jacobian(counted, params, xs[:4], chunk_size=2)  # new shape: traced again
+    assert len(traces) > first
+
+
+def test_unhashable_function_gets_a_clear_error():
+    class Unhashable:
+        __hash__ = None
+
+        def __call__(self, params, x):
+            return x
+
+    with pytest.raises(TypeError, match="f must be hashable"):
+        jj.input_jacobian(Unhashable(), None, jnp.ones(2))
+
+
+def test_partial_of_mlp_apply_is_accepted():
+    f = functools.partial(jj.mlp_apply, activation="relu")
+    params = jj.mlp_init(jax.random.key(0), [3, 4, 2], dtype=F64)
+    x = jnp.array([0.1, 0.2, -0.3])
+    assert_close(
+        jj.input_jacobian(f, params, x), jj.closed_form.mlp_jacobian(params, x, "relu"), 1e-14
+    )
+
+
+def test_nan_in_x_gives_nan_results_not_errors(net):
+    params, xs = net
+    xs = xs.at[2, 1].set(jnp.nan)
+    for helper in (jj.batch_input_jacobian, jj.batch_input_hessian):
+        out = helper(_mlp_tanh, params, xs)
+        assert bool(jnp.all(jnp.isnan(out[2]))), helper.__name__
+        assert bool(jnp.all(jnp.isfinite(jnp.delete(out, 2, axis=0))))
