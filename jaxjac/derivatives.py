@@ -3,8 +3,10 @@
 Every public function here is compiled once per ``(f, static options, shapes, dtypes)``: ``f``
 is a static argument of :func:`jax.jit`, so calling again with the same function object and
 shapes reuses the compiled program instead of re-tracing. Pass the *same* function object on
-every call (a module-level ``def`` or one ``functools.partial`` kept around); a fresh
-``lambda`` per call is a new function and compiles anew.
+every call (a module-level ``def``); a fresh ``lambda`` per call is a new function and compiles
+anew. A ``functools.partial(func, *arrays, **options)`` is recognised: it compiles once per
+``(func, options)``, with the bound arrays (typically ``params``) passed as ordinary arguments,
+so ``partial(net, new_params)`` on every training step reuses the program.
 
 Layouts (``f_out`` is the shape of ``f(params, x)`` for one example):
 
@@ -18,10 +20,11 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.flatten_util import ravel_pytree
 from jax.typing import ArrayLike
 
@@ -176,14 +179,55 @@ def _weight_hvp(f, params, x, v):
 # --- public, jit-compiled entry points --------------------------------------------------------
 
 
+class _PartialHead(NamedTuple):
+    """The static part of a ``functools.partial``: the function and its keyword arguments."""
+
+    func: Callable
+    keywords: tuple[tuple[str, Any], ...]
+
+
+def _split_partial(f: Any) -> tuple[_PartialHead, tuple] | None:
+    """Split ``partial(func, *arrays, **options)`` into a static head and dynamic array args.
+
+    ``partial(net, params)`` is the idiom for turning a network into a function of ``x``, and
+    ``partial(net, activation=...)`` for fixing options. Hashed as one object, every new partial
+    would compile anew (and bound params would be baked into the program as constants); keyed
+    on ``(func, options)`` with the arrays as arguments, one compiled program serves them all.
+    """
+    if not isinstance(f, functools.partial):
+        return None
+    leaves = jax.tree_util.tree_leaves(f.args)
+    if not all(isinstance(leaf, (jax.Array, np.ndarray)) for leaf in leaves):
+        return None
+    head = _PartialHead(f.func, tuple(sorted(f.keywords.items())))
+    try:
+        hash(head)
+    except TypeError:
+        return None
+    return head, f.args
+
+
 def _jit_entry(*static: str) -> Callable[[Callable], Callable]:
-    """Compile a public entry once per (f, static options, shapes): f itself is static."""
+    """Compile a public entry once per (f, static options, shapes): f itself is static.
+
+    A ``functools.partial`` whose positional arguments are arrays is compiled once per
+    underlying function and keyword options instead, with those arrays as traced arguments.
+    """
 
     def wrap(fn: Callable) -> Callable:
         compiled = jax.jit(fn, static_argnames=("f", *static))
 
+        def with_partial(head: _PartialHead, bound: tuple, *args, **kwargs):
+            f = functools.partial(head.func, *bound, **dict(head.keywords))
+            return fn(f, *args, **kwargs)
+
+        compiled_partial = jax.jit(with_partial, static_argnames=("head", *static))
+
         @functools.wraps(fn)
         def entry(f: Fn, *args, **kwargs):
+            split = _split_partial(f)
+            if split is not None:
+                return compiled_partial(*split, *args, **kwargs)
             try:
                 hash(f)
             except TypeError:

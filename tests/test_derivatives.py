@@ -305,3 +305,28 @@ def test_nan_in_x_gives_nan_results_not_errors(net):
         out = helper(_mlp_tanh, params, xs)
         assert bool(jnp.all(jnp.isnan(out[2]))), helper.__name__
         assert bool(jnp.all(jnp.isfinite(jnp.delete(out, 2, axis=0))))
+
+
+def test_partials_compile_once_per_function_and_options():
+    traces = []
+
+    def net(params, x, *, scale):
+        traces.append(1)  # runs only while JAX traces
+        return scale * jj.mlp_apply(params, x, "tansig")
+
+    def shifted(params, shift, x):
+        return net(params, x + shift, scale=1.0)
+
+    x = jnp.array([0.1, 0.2, -0.3])
+    for seed in range(3):  # new params and a new partial object on every step
+        params = jj.mlp_init(jax.random.key(seed), [3, 4, 2], dtype=F64)
+        jac = jj.input_jacobian(functools.partial(net, scale=2.0), params, x)
+        assert_close(jac, 2.0 * jj.closed_form.mlp_jacobian(params, x), exact_rtol(F64))
+        # Bound arrays are traced arguments, not constants: partial(net, params) style.
+        jac = jj.input_jacobian(functools.partial(shifted, params), jnp.float64(0.5), x)
+        assert_close(jac, jj.closed_form.mlp_jacobian(params, x + 0.5), exact_rtol(F64))
+        if seed == 0:
+            first = len(traces)
+    assert len(traces) == first  # compiled once per (function, options), whatever the params
+    jj.input_jacobian(functools.partial(net, scale=3.0), params, x)  # new option: new program
+    assert len(traces) > first
