@@ -2,7 +2,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from jaxjac import closed_form
+from jaxjac import closed_form, io, plots
 from jaxjac.activations import Activation, get_activation, list_activations, register_activation
 from jaxjac.calculus import (
     TraceEstimate,
@@ -38,7 +38,17 @@ from jaxjac.derivatives import (
     weight_jvp,
     weight_vjp,
 )
+from jaxjac.io import (
+    from_equinox_mlp,
+    from_flax_dense_params,
+    load_data,
+    load_params,
+    match_activation,
+    save_params,
+)
 from jaxjac.nets import mlp_apply, mlp_init, mlp_sizes, validate_mlp_params
+from jaxjac.plots import plot_interactions, plot_sensitivity
+from jaxjac.sensitivity import LipschitzSummary, SensitivityReport, mlp_function, sensitivity
 
 try:
     __version__ = version("jaxjac")
@@ -48,6 +58,8 @@ except PackageNotFoundError:  # running from a source tree without installation
 __all__ = [
     "Activation",
     "CrossCheckReport",
+    "LipschitzSummary",
+    "SensitivityReport",
     "TraceEstimate",
     "batch_divergence",
     "batch_input_hessian",
@@ -60,6 +72,8 @@ __all__ = [
     "closed_form",
     "cross_check",
     "divergence",
+    "from_equinox_mlp",
+    "from_flax_dense_params",
     "get_activation",
     "hutchinson_divergence",
     "hutchinson_laplacian",
@@ -70,14 +84,24 @@ __all__ = [
     "input_jacobian",
     "input_jvp",
     "input_vjp",
+    "io",
     "jacobian_det",
     "laplacian",
     "list_activations",
+    "load_data",
+    "load_params",
     "log_abs_det_jacobian",
+    "match_activation",
     "mlp_apply",
+    "mlp_function",
     "mlp_init",
     "mlp_sizes",
+    "plot_interactions",
+    "plot_sensitivity",
+    "plots",
     "register_activation",
+    "save_params",
+    "sensitivity",
     "slogdet_jacobian",
     "validate_mlp_params",
     "weight_hessian",

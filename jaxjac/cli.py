@@ -7,8 +7,17 @@ failures (bad files, shapes, options) into one line on stderr and exit code 2, n
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
+import json
+import os
+import platform
+import secrets
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -82,15 +91,326 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0 if report.passed else 1
 
 
+# --- sensitivity ------------------------------------------------------------------------------
+
+_OUTPUTS = ("sensitivity.csv", "report.json", "sensitivity.png", "interactions.png")
+
+
+class _StopAfter(Exception):
+    """Raised from the chunk callback when --max-chunks is reached (the checkpoint is saved)."""
+
+
+def _parse_floats(text: str, option: str, expected: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",")]
+    except ValueError:
+        raise CLIError(f"{option}: expected {expected}, found {text!r}") from None
+    if not all(np.isfinite(values)):
+        raise CLIError(f"{option}: expected finite numbers, found {text!r}")
+    return values
+
+
+def _parse_bounds(text: str, n_in: int) -> np.ndarray:
+    """``LO:HI`` for every feature, or ``LO:HI,LO:HI,…`` with one interval per feature."""
+    expected = f"LO:HI or {n_in} comma-separated LO:HI intervals with LO < HI"
+    parts = text.split(",")
+    if len(parts) not in (1, n_in) or any(part.count(":") != 1 for part in parts):
+        raise CLIError(f"--bounds: expected {expected}, found {text!r}")
+    pairs = [_parse_floats(part.replace(":", ","), "--bounds", expected) for part in parts]
+    bounds = np.broadcast_to(np.array(pairs, np.float64), (n_in, 2))
+    if np.any(bounds[:, 1] <= bounds[:, 0]):
+        raise CLIError(f"--bounds: expected {expected}, found {text!r}")
+    return bounds
+
+
+def _parse_sigma(text: str, n_in: int) -> np.ndarray:
+    expected = f"one standard deviation or {n_in} comma-separated ones, all positive"
+    values = _parse_floats(text, "--sigma", expected)
+    if len(values) not in (1, n_in) or min(values) <= 0:
+        raise CLIError(f"--sigma: expected {expected}, found {text!r}")
+    return np.square(np.broadcast_to(np.array(values, np.float64), (n_in,)))
+
+
+def _output_folder(path: Path) -> Path:
+    if path.exists() and not path.is_dir():
+        raise CLIError(f"--out {path}: expected a folder (existing or new), found a file")
+    return path
+
+
+def _versions() -> dict[str, str]:
+    import jax
+    import jaxlib
+
+    import jaxjac
+
+    return {
+        "jaxjac": jaxjac.__version__,
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "backend": jax.default_backend(),
+    }
+
+
+def _write_temp(folder: Path, name: str, write: Callable[[Any], None]) -> Path:
+    """Write a result under a temporary name in ``folder``; renamed only when all are written."""
+    # open(..., "xb") rather than mkstemp: the result gets the usual umask permissions, not 0600.
+    tmp = folder / f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    try:
+        with open(tmp, "xb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    return tmp
+
+
+def _write_results(folder: Path, report: Any, summary: dict[str, Any], hessian: bool) -> list[Path]:
+    """Write every output to a temporary file, then rename them all: no partial result."""
+    from jaxjac.plots import plot_interactions, plot_sensitivity
+
+    def text(content: str) -> Callable[[Any], None]:
+        return lambda handle: handle.write(content.encode())
+
+    writers: dict[str, Callable[[Any], None]] = {
+        "sensitivity.csv": text(report.to_csv()),
+        "report.json": text(json.dumps(summary, indent=2, allow_nan=False) + "\n"),
+        "sensitivity.png": lambda handle: plot_sensitivity(report, handle),
+    }
+    if hessian:
+        writers["interactions.png"] = lambda handle: plot_interactions(report, handle)
+    temps: dict[str, Path] = {}
+    try:
+        for name, write in writers.items():
+            temps[name] = _write_temp(folder, name, write)
+    except BaseException:
+        for tmp in temps.values():
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        raise
+    for name, tmp in temps.items():
+        os.replace(tmp, folder / name)
+    for stale in set(_OUTPUTS) - set(writers):  # an earlier run's file is not this run's result
+        with contextlib.suppress(FileNotFoundError):
+            (folder / stale).unlink()
+    return [folder / name for name in writers]
+
+
+def _print_summary(report: Any, sizes: list[int], activation: str, seconds: float) -> None:
+    lip = report.lipschitz
+    print(
+        f"jaxjac sensitivity: MLP {sizes} ({activation}), {report.n_samples} rows used, "
+        f"{report.n_dropped} dropped, {report.route.replace('_', ' ')} route, {seconds:.2f} s"
+    )
+    for k, output in enumerate(report.output_names[:10]):
+        order = np.argsort(-report.dgsm[k], kind="stable")[:5]
+        top = ", ".join(
+            f"{report.feature_names[i]} {report.dgsm[k, i]:.4g}±{report.dgsm_se[k, i]:.2g}"
+            for i in order
+        )
+        print(f"  {output}: DGSM {top}")
+    quantiles = ", ".join(
+        f"q{level:g} {value:.4g}" for level, value in zip(lip.levels, lip.quantiles, strict=True)
+    )
+    print(
+        f"  largest singular value of J: max {lip.max:.4g} (data row {lip.argmax_row}), {quantiles}"
+    )
+
+
+def run_sensitivity(args: argparse.Namespace) -> int:
+    """Sensitivity measures of an MLP file over a data file: CSV, JSON and plots in a folder."""
+    started = time.perf_counter()
+    _enable_x64()
+    from jaxjac.activations import get_activation, list_activations
+    from jaxjac.io import load_data, load_params
+    from jaxjac.nets import validate_mlp_params
+    from jaxjac.sensitivity import CHECKPOINT_JSON, mlp_function, remove_checkpoint, sensitivity
+
+    if args.activation.lower() not in list_activations():
+        raise CLIError(
+            f"--activation: expected one of {', '.join(list_activations())}, "
+            f"found {args.activation!r}"
+        )
+    activation = get_activation(args.activation).name
+    if importlib.util.find_spec("matplotlib") is None:  # checked before hours of computing
+        raise CLIError("the plots need matplotlib, found none: pip install 'jaxjac[plot]'")
+    folder = _output_folder(Path(args.out))
+    params = load_params(args.params)
+    sizes = validate_mlp_params(params)
+    data = load_data(args.data)
+    n_rows, width = data.values.shape
+    if width != sizes[0]:
+        raise CLIError(
+            f"{args.data}: data has {width} columns but the model in {args.params} expects "
+            f"{sizes[0]} inputs (W1 has shape ({sizes[1]}, {sizes[0]}))"
+        )
+    if args.bounds is not None and args.sigma is not None:
+        raise CLIError("--bounds and --sigma: expected at most one of them, found both")
+    bounds = _parse_bounds(args.bounds, width) if args.bounds is not None else None
+    variances = _parse_sigma(args.sigma, width) if args.sigma is not None else None
+    loaded = time.perf_counter()
+
+    folder.mkdir(parents=True, exist_ok=True)
+    resuming = args.resume and (folder / CHECKPOINT_JSON).exists()
+    if args.resume and not resuming and not args.quiet:
+        print(f"no checkpoint in {folder}: starting from the first row")
+    stat = Path(args.data).stat()
+    fingerprint = {
+        "data_file": str(Path(args.data).resolve()),
+        "data_size": stat.st_size,
+        "data_mtime_ns": stat.st_mtime_ns,
+        "activation": activation,
+    }
+    chunks_done = 0
+
+    def on_chunk(rows_done: int, total: int) -> None:
+        nonlocal chunks_done
+        chunks_done += 1
+        if args.max_chunks is not None and chunks_done >= args.max_chunks and rows_done < total:
+            raise _StopAfter(f"{rows_done} of {total} rows")
+
+    try:
+        report = sensitivity(
+            mlp_function(activation),
+            params,
+            data.values,
+            chunk_size=args.chunk_size,
+            feature_names=data.feature_names,
+            hessian=args.hessian,
+            bounds=bounds,
+            variances=variances,
+            drop_nonfinite=args.drop_nonfinite,
+            checkpoint=folder,
+            resume=args.resume,
+            keep_checkpoint=True,
+            fingerprint=fingerprint,
+            progress=not args.quiet,
+            on_chunk=on_chunk,
+        )
+    except KeyboardInterrupt:
+        print(
+            f"jaxjac sensitivity: interrupted; checkpoint in {folder}: rerun with --resume to "
+            "continue",
+            file=sys.stderr,
+        )
+        return 130
+    except _StopAfter as stop:
+        print(
+            f"jaxjac sensitivity: stopped after {chunks_done} chunks ({stop}); checkpoint in "
+            f"{folder}: rerun with --resume to continue",
+            file=sys.stderr,
+        )
+        return 3
+    computed = time.perf_counter()
+    summary = {
+        "command": "jaxjac sensitivity",
+        "model": {
+            "file": str(args.params),
+            "sizes": sizes,
+            "activation": activation,
+            "n_params": int(sum(np.size(layer["W"]) + np.size(layer["b"]) for layer in params)),
+        },
+        "data": {
+            "file": str(args.data),
+            "rows": n_rows,
+            "rows_used": report.n_samples,
+            "rows_dropped": report.n_dropped,
+            "n_in": width,
+        },
+        "options": {
+            "chunk_size": args.chunk_size,
+            "hessian": args.hessian,
+            "bounds": bounds.tolist() if bounds is not None else None,
+            "sigma": np.sqrt(variances).tolist() if variances is not None else None,
+            "drop_nonfinite": args.drop_nonfinite,
+            "resumed": resuming,
+        },
+        "timings_s": {
+            "load": loaded - started,
+            "compute": computed - loaded,
+            "total_before_writing": computed - started,
+        },
+        "versions": _versions(),
+        "results": report.to_dict(),
+    }
+    written = _write_results(folder, report, summary, args.hessian)
+    remove_checkpoint(folder)
+    if not args.quiet:
+        _print_summary(report, sizes, activation, computed - started)
+        print("wrote " + ", ".join(str(path) for path in written))
+    return 0
+
+
+def _add_sensitivity_parser(sub: Any) -> None:
+    cmd = sub.add_parser(
+        "sensitivity",
+        help="derivative-based sensitivity of an MLP file over a data file",
+        description=(
+            "Per output and feature: mean |df/dx|, the DGSM E[(df/dx)^2] with standard errors, "
+            "the Sobol total-index bound (with --bounds or --sigma), interaction strengths "
+            "(--hessian) and Lipschitz figures. Writes sensitivity.csv, report.json, "
+            "sensitivity.png (and interactions.png) to --out."
+        ),
+    )
+    cmd.add_argument("--params", required=True, help="model: .npz or .mat with W1, b1, …, Wn, bn")
+    cmd.add_argument("--data", required=True, help="examples: .npy (N, n_in) or .csv")
+    cmd.add_argument("--activation", default="tansig", help="hidden activation (default tansig)")
+    cmd.add_argument("--out", default="sensitivity-out", help="output folder (default %(default)s)")
+    cmd.add_argument(
+        "--chunk-size", type=_positive_int, default=4096, help="rows per chunk (default 4096)"
+    )
+    cmd.add_argument("--hessian", action="store_true", help="also E|d2f/dxi dxj|, interactions.png")
+    cmd.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    cmd.add_argument(
+        "--drop-nonfinite", action="store_true", help="skip rows with NaN/inf instead of failing"
+    )
+    cmd.add_argument(
+        "--bounds",
+        help="inputs uniform on LO:HI (all features) or LO:HI,LO:HI,… (one per feature); "
+        "write --bounds=-1:1 when LO is negative",
+    )
+    cmd.add_argument(
+        "--sigma", help="inputs normal with this standard deviation (one, or one per feature)"
+    )
+    cmd.add_argument(
+        "--max-chunks",
+        type=_positive_int,
+        help="stop after this many chunks, keeping the checkpoint (exit 3); resume later",
+    )
+    cmd.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
+    cmd.set_defaults(run=run_sensitivity)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, found {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, found {value}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line on stderr (exit 2), like the rest."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``PROG: error: MESSAGE (see PROG --help)`` and exit 2."""
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
-    parser = argparse.ArgumentParser(
-        prog="jaxjac", description="Exact derivatives of neural networks in JAX."
-    )
+    parser = _Parser(prog="jaxjac", description="Exact derivatives of neural networks in JAX.")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="Jacobian, Hessian and cross-check of a small network")
     demo.add_argument("--seed", type=int, default=0, help="PRNG seed of the network (default 0)")
     demo.set_defaults(run=run_demo)
+    _add_sensitivity_parser(sub)
     return parser
 
 

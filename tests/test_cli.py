@@ -1,9 +1,11 @@
 """The ``jaxjac`` command line: in-process through ``main``, and once as a console script."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from jaxjac.cli import main
@@ -28,3 +30,257 @@ def test_console_script_is_installed_and_rejects_unknown_commands():
     assert proc.returncode == 2
     assert "invalid choice" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# --- jaxjac sensitivity -------------------------------------------------------------------------
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+RESULTS = ("sensitivity.csv", "report.json", "sensitivity.png", "interactions.png")
+
+
+@pytest.fixture(scope="module")
+def model():
+    import jax
+    import jax.numpy as jnp
+
+    import jaxjac as jj
+
+    return jj.mlp_init(jax.random.key(11), [3, 6, 2], dtype=jnp.float64)
+
+
+@pytest.fixture
+def files(tmp_path, model):
+    from jaxjac.io import save_params
+
+    xs = np.random.default_rng(5).uniform(-1.0, 1.0, size=(300, 3))
+    save_params(tmp_path / "model.npz", model)
+    np.save(tmp_path / "data.npy", xs)
+    header = "speed,load,temp\n"
+    rows = "\n".join(",".join(repr(float(v)) for v in row) for row in xs)
+    (tmp_path / "data.csv").write_text(header + rows + "\n")
+    return tmp_path, xs
+
+
+def _assert_png(path):
+    import matplotlib.image
+
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    image = matplotlib.image.imread(path)
+    assert image.ndim == 3 and image.shape[0] > 50 and image.shape[1] > 50
+
+
+def _read_csv(path):
+    import csv
+
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_sensitivity_end_to_end_on_npz_and_csv(files, model, capsys):
+    from jaxjac.sensitivity import sensitivity
+
+    folder, xs = files
+    out = folder / "out"
+    argv = ["sensitivity", "--params", str(folder / "model.npz"), "--data"]
+    argv += [str(folder / "data.csv"), "--out", str(out), "--bounds=-1:1", "--chunk-size", "64"]
+    assert main(argv) == 0
+    printed = capsys.readouterr()
+    assert "300 rows used, 0 dropped, closed form route" in printed.out
+    assert printed.err == ""
+    assert sorted(p.name for p in out.iterdir()) == [
+        "report.json",
+        "sensitivity.csv",
+        "sensitivity.png",
+    ]
+    rows = _read_csv(out / "sensitivity.csv")
+    assert [r["feature"] for r in rows[:3]] == ["speed", "load", "temp"]
+    assert {
+        "output",
+        "feature",
+        "mean_abs",
+        "dgsm",
+        "dgsm_se",
+        "mean_abs_se",
+        "sobol_upper",
+    } <= set(rows[0])
+    import jaxjac as jj
+
+    ref = sensitivity(jj.mlp_apply, model, xs, bounds=[-1.0, 1.0])
+    got = np.array([float(r["dgsm"]) for r in rows]).reshape(2, 3)
+    np.testing.assert_allclose(got, ref.dgsm, rtol=1e-12)
+    upper = np.array([float(r["sobol_upper"]) for r in rows]).reshape(2, 3)
+    np.testing.assert_allclose(upper, ref.sobol_upper, rtol=1e-12)
+    report = json.loads((out / "report.json").read_text())
+    assert report["model"] == {
+        "file": str(folder / "model.npz"),
+        "sizes": [3, 6, 2],
+        "activation": "tansig",
+        "n_params": 38,
+    }
+    assert report["data"]["rows"] == 300 and report["data"]["rows_dropped"] == 0
+    assert set(report["timings_s"]) >= {"load", "compute"}
+    assert set(report["versions"]) >= {"jaxjac", "jax", "jaxlib", "numpy", "python"}
+    assert report["results"]["feature_names"] == ["speed", "load", "temp"]
+    _assert_png(out / "sensitivity.png")
+    assert not any(p.name.startswith(".") for p in out.iterdir())  # no temp or checkpoint left
+
+
+def test_sensitivity_mat_model_npy_data_and_hessian(files, model, capsys):
+    import scipy.io
+
+    folder, _ = files
+    arrays = {}
+    for i, layer in enumerate(model, start=1):
+        arrays[f"W{i}"] = np.asarray(layer["W"])
+        arrays[f"b{i}"] = np.asarray(layer["b"]).reshape(-1, 1)
+    scipy.io.savemat(folder / "net.mat", arrays)
+    out = folder / "out"
+    argv = ["sensitivity", "--params", str(folder / "net.mat"), "--data", str(folder / "data.npy")]
+    assert main([*argv, "--out", str(out), "--hessian", "--quiet", "--sigma", "0.5"]) == 0
+    assert capsys.readouterr().out == ""
+    _assert_png(out / "interactions.png")
+    _assert_png(out / "sensitivity.png")
+    results = json.loads((out / "report.json").read_text())["results"]
+    assert np.array(results["interactions"]).shape == (2, 3, 3)
+    assert results["feature_names"] == ["x1", "x2", "x3"]
+    np.testing.assert_allclose(results["bound_constants"], [0.25] * 3)
+    # a later run without --hessian does not leave the old heatmap passing as its own
+    assert main([*argv, "--out", str(out), "--quiet"]) == 0
+    assert not (out / "interactions.png").exists()
+
+
+def test_sensitivity_interrupted_then_resumed_gives_the_same_table(files, capsys):
+    folder, _ = files
+    base = [
+        "sensitivity",
+        "--params",
+        str(folder / "model.npz"),
+        "--data",
+        str(folder / "data.npy"),
+    ]
+    base += ["--chunk-size", "50", "--quiet", "--hessian"]
+    assert main([*base, "--out", str(folder / "full")]) == 0
+    assert main([*base, "--out", str(folder / "part"), "--max-chunks", "2"]) == 3
+    err = capsys.readouterr().err
+    assert "stopped after 2 chunks (100 of 300 rows)" in err and "--resume" in err
+    assert not (folder / "part" / "sensitivity.csv").exists()
+    assert (folder / "part" / "sensitivity.checkpoint.npz").exists()
+    assert main([*base, "--out", str(folder / "part"), "--resume"]) == 0
+    full = (folder / "full" / "sensitivity.csv").read_text()
+    assert (folder / "part" / "sensitivity.csv").read_text() == full
+    assert not (folder / "part" / "sensitivity.checkpoint.npz").exists()
+
+
+def test_sensitivity_resume_with_changed_data_is_refused(files, capsys):
+    folder, xs = files
+    base = [
+        "sensitivity",
+        "--params",
+        str(folder / "model.npz"),
+        "--data",
+        str(folder / "data.npy"),
+    ]
+    base += ["--chunk-size", "50", "--quiet", "--out", str(folder / "out")]
+    assert main([*base, "--max-chunks", "1"]) == 3
+    changed = xs.copy()
+    changed[0, 0] = 0.123
+    np.save(folder / "data.npy", changed)
+    capsys.readouterr()
+    assert main([*base, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "different inputs" in err and "data_probe_sha256" in err
+
+
+def test_sensitivity_drop_nonfinite_reports_the_count(files, capsys):
+    folder, xs = files
+    bad = xs.copy()
+    bad[[2, 7], 1] = np.nan
+    np.save(folder / "bad.npy", bad)
+    argv = ["sensitivity", "--params", str(folder / "model.npz"), "--data", str(folder / "bad.npy")]
+    assert main([*argv, "--out", str(folder / "out"), "--drop-nonfinite"]) == 0
+    assert "298 rows used, 2 dropped" in capsys.readouterr().out
+    report = json.loads((folder / "out" / "report.json").read_text())
+    assert report["data"]["rows_dropped"] == 2
+
+
+def _bad_inputs(folder, model):
+    """(name, argv edits, expected message) for every bad input the CLI must refuse."""
+    from jaxjac.io import save_params
+
+    np.save(folder / "wide.npy", np.ones((4, 5)))
+    (folder / "text.csv").write_text("a,b,c\n1,2,3\n4,five,6\n")
+    (folder / "nan.csv").write_text("1,2,3\n4,nan,6\n7,8,9\n")
+    missing = {f"W{i}": np.asarray(layer["W"]) for i, layer in enumerate(model, start=1)}
+    np.savez(folder / "missing.npz", **missing, b1=np.asarray(model[0]["b"]))
+    save_params(folder / "skew.npz", [model[0], {"W": np.ones((2, 5)), "b": np.ones(2)}])
+    np.save(folder / "objects.npy", np.array([[{"x": 1}]], dtype=object), allow_pickle=True)
+    (folder / "afile").write_text("I am a file")
+    return [
+        ("width", {"--data": "wide.npy"}, "data has 5 columns but the model in"),
+        (
+            "text",
+            {"--data": "text.csv"},
+            "data row 2 (line 3), column 2 ('b'): expected a number, found 'five'",
+        ),
+        ("nan", {"--data": "nan.csv"}, "data row 2 (1-based) has non-finite values in column(s) 2"),
+        ("missing", {"--params": "missing.npz"}, "missing b2"),
+        ("skew", {"--params": "skew.npz"}, "W2 in"),
+        ("objects", {"--data": "objects.npy"}, "found Python objects (refusing to unpickle)"),
+        ("out-file", {"--out": "afile"}, "expected a folder (existing or new), found a file"),
+        ("no-model", {"--params": "nothing.npz"}, "model file: expected an existing file"),
+        ("no-data", {"--data": "nothing.csv"}, "data file: expected an existing file"),
+        ("bounds", {"--bounds": "1:0"}, "--bounds: expected LO:HI"),
+        ("activation", {"--activation": "nope"}, "--activation: expected one of"),
+    ]
+
+
+def test_sensitivity_bad_inputs_exit_2_with_one_line_and_no_results(files, model, capsys):
+    folder, _ = files
+    cases = _bad_inputs(folder, model)
+    for name, edits, message in cases:
+        options = {"--params": "model.npz", "--data": "data.npy", "--out": f"out-{name}"}
+        options.update(edits)
+        argv = ["sensitivity", "--quiet"]
+        for key, value in options.items():
+            argv += [key, value if key in ("--bounds", "--activation") else str(folder / value)]
+        code = main(argv)
+        err = capsys.readouterr().err
+        assert code == 2, (name, err)
+        assert err.count("\n") == 1, (name, err)
+        assert err.startswith("jaxjac sensitivity: error: "), (name, err)
+        assert message in err, (name, err)
+        assert "Traceback" not in err
+        out = folder / options["--out"]
+        if out.is_dir():
+            assert not any((out / result).exists() for result in RESULTS), name
+
+
+def test_sensitivity_console_script_reports_a_bad_file_in_one_line(files):
+    folder, _ = files
+    exe = Path(sys.executable).with_name("jaxjac")
+    argv = [exe, "sensitivity", "--params", folder / "data.npy", "--data", folder / "data.npy"]
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert "expected a model file ending in .npz or .mat, found '.npy'" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--chunk-size", "0"], "argument --chunk-size: expected a positive integer, found 0"),
+        (["--max-chunks", "x"], "argument --max-chunks: expected a positive integer, found 'x'"),
+        ([], "the following arguments are required: --params"),
+    ],
+)
+def test_sensitivity_usage_errors_are_one_line(files, capsys, option, message):
+    folder, _ = files
+    argv = ["sensitivity", "--data", str(folder / "data.npy")]
+    if option:
+        argv += ["--params", str(folder / "model.npz"), *option]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert message in err and "(see jaxjac sensitivity --help)" in err

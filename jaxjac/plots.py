@@ -1,0 +1,114 @@
+"""Plots of a :class:`~jaxjac.sensitivity.SensitivityReport` (matplotlib, imported lazily).
+
+The figures are drawn on matplotlib's Agg canvas directly (``Figure`` + ``FigureCanvasAgg``),
+without ``pyplot``: no global backend is switched, no window opens, nothing is left in
+pyplot's figure registry, so this is safe on headless machines and inside other programs.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from jaxjac.sensitivity import SensitivityReport
+
+__all__ = ["plot_interactions", "plot_sensitivity"]
+
+
+def _figure(n_panels: int, panel_size: tuple[float, float]) -> tuple[Any, list[Any]]:
+    """An Agg figure with ``n_panels`` axes on a grid of at most three columns."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    cols = min(n_panels, 3)
+    rows = math.ceil(n_panels / cols)
+    fig = Figure(figsize=(panel_size[0] * cols, panel_size[1] * rows), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = [fig.add_subplot(rows, cols, i + 1) for i in range(n_panels)]
+    return fig, axes
+
+
+def _save(fig: Any, target: str | Path | IO[bytes]) -> None:
+    fig.savefig(target, format="png", dpi=120)
+
+
+def plot_sensitivity(
+    report: SensitivityReport,
+    target: str | Path | IO[bytes],
+    *,
+    max_features: int = 25,
+    max_outputs: int = 12,
+) -> None:
+    """One horizontal bar chart of the DGSM per output, features sorted, largest on top.
+
+    Bars are ``ν_ik = E[(∂f_k/∂x_i)²]`` with ±1 standard error; only the ``max_features``
+    largest per output and the first ``max_outputs`` outputs are drawn (the CSV has them all).
+
+    Args:
+        report: the sensitivity report.
+        target: a path or a binary file object; written as PNG.
+        max_features: bars per panel.
+        max_outputs: panels.
+    """
+    n_out, n_in = report.dgsm.shape
+    shown = min(n_out, max_outputs)
+    bars = min(n_in, max_features)
+    fig, axes = _figure(shown, (5.0, 1.2 + 0.28 * bars))
+    for k, ax in enumerate(axes):
+        order = np.argsort(-report.dgsm[k], kind="stable")[:bars][::-1]
+        labels = [report.feature_names[i] for i in order]
+        ax.barh(
+            np.arange(bars),
+            report.dgsm[k, order],
+            xerr=np.nan_to_num(report.dgsm_se[k, order]),
+            color="tab:blue",
+            ecolor="black",
+            capsize=2,
+        )
+        ax.set_yticks(np.arange(bars), labels)
+        ax.set_xlabel("DGSM  E[(∂f/∂xᵢ)²]")
+        hidden = f" (top {bars} of {n_in})" if bars < n_in else ""
+        ax.set_title(f"{report.output_names[k]}{hidden}")
+    if shown < n_out:
+        fig.suptitle(f"first {shown} of {n_out} outputs (all in sensitivity.csv)")
+    _save(fig, target)
+
+
+def plot_interactions(
+    report: SensitivityReport,
+    target: str | Path | IO[bytes],
+    *,
+    max_outputs: int = 12,
+    max_labels: int = 30,
+) -> None:
+    """Heatmap of ``E|∂²f_k/∂x_i∂x_j|`` per output (needs a report made with ``hessian=True``).
+
+    Args:
+        report: the sensitivity report.
+        target: a path or a binary file object; written as PNG.
+        max_outputs: panels (the first outputs).
+        max_labels: feature names are written on the axes up to this many features.
+
+    Raises:
+        ValueError: if the report has no interactions.
+    """
+    if report.interactions is None:
+        raise ValueError("the report has no interactions: compute it with hessian=True")
+    n_out, n_in, _ = report.interactions.shape
+    shown = min(n_out, max_outputs)
+    side = min(2.5 + 0.3 * n_in, 10.0)
+    fig, axes = _figure(shown, (side + 1.0, side))
+    for k, ax in enumerate(axes):
+        image = ax.imshow(report.interactions[k], cmap="viridis", interpolation="nearest")
+        fig.colorbar(image, ax=ax, shrink=0.8, label="E|∂²f/∂xᵢ∂xⱼ|")
+        if n_in <= max_labels:
+            ax.set_xticks(np.arange(n_in), report.feature_names, rotation=90)
+            ax.set_yticks(np.arange(n_in), report.feature_names)
+        ax.set_title(report.output_names[k])
+    if shown < n_out:
+        fig.suptitle(f"first {shown} of {n_out} outputs")
+    _save(fig, target)
