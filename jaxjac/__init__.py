@@ -2,7 +2,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from jaxjac import closed_form, io, plots
+from jaxjac import closed_form, curvature, io, optimizers, plots
 from jaxjac.activations import Activation, get_activation, list_activations, register_activation
 from jaxjac.calculus import (
     TraceEstimate,
@@ -22,6 +22,24 @@ from jaxjac.calculus import (
     slogdet_jacobian,
 )
 from jaxjac.cross_check import CrossCheckReport, cross_check
+from jaxjac.curvature import (
+    HessianDiag,
+    HessianEigs,
+    HessianTrace,
+    SpectralDensity,
+    empirical_fisher_vp,
+    ggn_vp,
+    hessian_diag,
+    hessian_eigs,
+    hessian_trace,
+    mlp_ntk,
+    ntk,
+    ntk_memory,
+    ntk_vp,
+    sharpness,
+    spectral_density,
+    supervised_loss,
+)
 from jaxjac.derivatives import (
     batch_input_hessian,
     batch_input_jacobian,
@@ -47,6 +65,13 @@ from jaxjac.io import (
     save_params,
 )
 from jaxjac.nets import mlp_apply, mlp_init, mlp_sizes, validate_mlp_params
+from jaxjac.optimizers import (
+    GaussNewtonState,
+    SharpnessState,
+    gauss_newton,
+    scale_by_gauss_newton,
+    track_sharpness,
+)
 from jaxjac.plots import plot_interactions, plot_sensitivity
 from jaxjac.sensitivity import LipschitzSummary, SensitivityReport, mlp_function, sensitivity
 
@@ -58,8 +83,14 @@ except PackageNotFoundError:  # running from a source tree without installation
 __all__ = [
     "Activation",
     "CrossCheckReport",
+    "GaussNewtonState",
+    "HessianDiag",
+    "HessianEigs",
+    "HessianTrace",
     "LipschitzSummary",
     "SensitivityReport",
+    "SharpnessState",
+    "SpectralDensity",
     "TraceEstimate",
     "batch_divergence",
     "batch_input_hessian",
@@ -71,10 +102,17 @@ __all__ = [
     "batch_weight_jacobian",
     "closed_form",
     "cross_check",
+    "curvature",
     "divergence",
+    "empirical_fisher_vp",
     "from_equinox_mlp",
     "from_flax_dense_params",
+    "gauss_newton",
     "get_activation",
+    "ggn_vp",
+    "hessian_diag",
+    "hessian_eigs",
+    "hessian_trace",
     "hutchinson_divergence",
     "hutchinson_laplacian",
     "hutchpp_divergence",
@@ -95,14 +133,24 @@ __all__ = [
     "mlp_apply",
     "mlp_function",
     "mlp_init",
+    "mlp_ntk",
     "mlp_sizes",
+    "ntk",
+    "ntk_memory",
+    "ntk_vp",
+    "optimizers",
     "plot_interactions",
     "plot_sensitivity",
     "plots",
     "register_activation",
     "save_params",
+    "scale_by_gauss_newton",
     "sensitivity",
+    "sharpness",
     "slogdet_jacobian",
+    "spectral_density",
+    "supervised_loss",
+    "track_sharpness",
     "validate_mlp_params",
     "weight_hessian",
     "weight_hessian_matrix",

@@ -1,0 +1,210 @@
+"""The Gauss-Newton optax transformation and sharpness tracking.
+
+The Gauss-Newton direction is checked against a dense solve, its composition with optax.chain
+against the bare direction, and its speed against optax.adam tuned over a learning-rate grid on
+a small regression problem (fixed seeds, steps counted to a fixed loss).
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.flatten_util import ravel_pytree
+
+import jaxjac as jj
+from jaxjac import curvature as cv
+from jaxjac import optimizers as opt
+from tests.helpers import assert_close, exact_rtol
+
+F64 = jnp.float64
+RTOL = exact_rtol(F64)
+F = functools.partial(jj.mlp_apply, activation="tanh")
+
+
+def _problem(kind, sizes=(3, 5, 2), batch=7, seed=0):
+    key = jax.random.key(seed)
+    params = jj.mlp_init(key, list(sizes), dtype=F64)
+    x = jax.random.normal(jax.random.fold_in(key, 1), (batch, sizes[0]), F64)
+    if kind == "mse":
+        y = jax.random.normal(jax.random.fold_in(key, 2), (batch, sizes[-1]), F64)
+    else:
+        y = jax.random.randint(jax.random.fold_in(key, 2), (batch,), 0, sizes[-1])
+    return params, x, y
+
+
+@functools.partial(jax.jit, static_argnames=("kind", "curvature"))
+def _dense_curvature(kind, curvature, params, x, y):
+    """The P × P curvature matrix from the library's own products against the identity.
+
+    The products are themselves checked against jax.hessian/jacobian in test_curvature.py.
+    """
+    flat, unravel = ravel_pytree(params)
+    product = cv.ggn_vp if curvature == "ggn" else cv.empirical_fisher_vp
+    columns = jax.vmap(lambda e: ravel_pytree(product(F, kind, params, x, y, unravel(e)))[0])
+    return columns(jnp.eye(flat.size, dtype=flat.dtype))
+
+
+@pytest.mark.parametrize(("kind", "curvature"), [("mse", "ggn"), ("cross_entropy", "fisher")])
+def test_direction_is_the_damped_solve(kind, curvature):
+    params, x, y = _problem(kind)
+    loss = cv.supervised_loss(F, kind)
+    grads = jax.grad(loss)(params, (x, y))
+    g, _ = ravel_pytree(grads)
+    damping = 0.1
+    mat = _dense_curvature(kind, curvature, params, x, y) + damping * jnp.eye(g.size, dtype=F64)
+    want = np.linalg.solve(np.asarray(mat), np.asarray(g))
+    # CG on an SPD matrix of size P reaches the solution in at most P steps; the attainable
+    # accuracy is the condition number times rounding.
+    rtol = RTOL * float(np.linalg.cond(np.asarray(mat)))
+    tx = opt.scale_by_gauss_newton(
+        F, kind, damping=damping, cg_iters=2 * g.size, curvature=curvature
+    )
+    state = tx.init(params)
+    direction, state = tx.update(grads, state, params, batch=(x, y))
+    assert_close(ravel_pytree(direction)[0], want, rtol)
+    assert int(state.count) == 1
+    assert float(state.cg_residual) < rtol
+    # A few CG steps only: a different, worse solve, and the residual says so.
+    few = opt.scale_by_gauss_newton(F, kind, damping=damping, cg_iters=2, curvature=curvature)
+    rough, rough_state = few.update(grads, few.init(params), params, batch=(x, y))
+    assert float(rough_state.cg_residual) > 1e3 * rtol
+    assert np.max(np.abs(ravel_pytree(rough)[0] - want)) > 1e3 * rtol * np.max(np.abs(want))
+
+
+def test_composes_with_optax_chain():
+    params, x, y = _problem("mse")
+    grads = jax.grad(cv.supervised_loss(F, "mse"))(params, (x, y))
+    bare = opt.scale_by_gauss_newton(F, "mse", damping=0.01, cg_iters=5)
+    direction, _ = bare.update(grads, bare.init(params), params, batch=(x, y))
+    chained = optax.chain(
+        optax.clip_by_global_norm(1e6),  # ignores the extra argument; no effect at this norm
+        opt.scale_by_gauss_newton(F, "mse", damping=0.01, cg_iters=5),
+        optax.scale_by_learning_rate(0.5),
+    )
+    updates, state = chained.update(grads, chained.init(params), params, batch=(x, y))
+    assert_close(updates, jax.tree_util.tree_map(lambda d: -0.5 * d, direction), RTOL)
+    assert int(state[1].count) == 1
+    full = opt.gauss_newton(F, "mse", 0.5, damping=0.01, cg_iters=5)
+    assert_close(full.update(grads, full.init(params), params, batch=(x, y))[0], updates, RTOL)
+    new = optax.apply_updates(params, updates)
+    assert jax.tree_util.tree_structure(new) == jax.tree_util.tree_structure(params)
+
+
+def test_zero_gradient_gives_zero_step():
+    params, x, y = _problem("cross_entropy")
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+    tx = opt.scale_by_gauss_newton(F, "cross_entropy", cg_iters=4)
+    direction, state = tx.update(zeros, tx.init(params), params, batch=(x, y))
+    assert all(np.all(leaf == 0) for leaf in jax.tree_util.tree_leaves(direction))
+    assert float(state.cg_residual) == 0
+
+
+# --- speed: Gauss-Newton against tuned Adam ----------------------------------------------------
+
+TARGET = 1e-3  # loss ½ mean ‖f − y‖² to reach; the network can go well below (≈ 7e-5)
+ADAM_STEPS = 1500
+GN_STEPS = 40
+
+
+def _regression():
+    params = jj.mlp_init(jax.random.key(0), [1, 12, 1], dtype=F64)
+    x = jnp.linspace(-2, 2, 64, dtype=F64)[:, None]
+    return params, x, jnp.sin(2 * x)
+
+
+def _train(tx, params, batch, steps, loss):
+    def step(carry, _):
+        p, s = carry
+        value, grads = jax.value_and_grad(loss)(p, batch)
+        updates, s = tx.update(grads, s, p, batch=batch)
+        return (optax.apply_updates(p, updates), s), value
+
+    return jax.lax.scan(step, (params, tx.init(params)), length=steps)[1]  # loss before step
+
+
+def _steps_to(losses, target):
+    hit = np.nonzero(np.asarray(losses) <= target)[0]
+    return int(hit[0]) if hit.size else np.inf
+
+
+def test_gauss_newton_beats_tuned_adam():
+    params, x, y = _regression()
+    loss = cv.supervised_loss(F, "mse")
+
+    @jax.jit
+    def adam_losses(lr):
+        return _train(optax.adam(lr), params, (x, y), ADAM_STEPS, loss)
+
+    rates = jnp.asarray([1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0], F64)
+    # optax.adam's bias correction raises a Python float to an int32 count, which strict
+    # promotion rejects; standard promotion is scoped to this call and restored on exit.
+    with jax.numpy_dtype_promotion("standard"):
+        adam = jax.vmap(adam_losses)(rates)
+    adam_steps = [_steps_to(row, TARGET) for row in adam]
+    best = min(adam_steps)
+    assert np.isfinite(best), adam_steps  # the grid does reach the target
+    assert 0 < adam_steps.index(best) < len(rates) - 1, adam_steps  # the grid brackets the best
+
+    tx = opt.gauss_newton(F, "mse", damping=1e-3, cg_iters=10)
+    gn = jax.jit(lambda: _train(tx, params, (x, y), GN_STEPS, loss))()
+    gn_steps = _steps_to(gn, TARGET)
+    assert gn_steps < best, (gn_steps, adam_steps)
+
+
+# --- sharpness ---------------------------------------------------------------------------------
+
+
+def test_track_sharpness_records_the_top_eigenvalue():
+    params, x, y = _problem("mse")
+    loss = cv.supervised_loss(F, "mse")
+    n_params = ravel_pytree(params)[0].size
+    tx = optax.chain(
+        optax.sgd(0.1), opt.track_sharpness(loss, jax.random.key(1), num_iters=n_params, every=2)
+    )
+
+    @jax.jit
+    def step(p, s):
+        grads = jax.grad(loss)(p, (x, y))
+        updates, s = tx.update(grads, s, p, batch=(x, y))
+        return optax.apply_updates(p, updates), s
+
+    def top(p):
+        return cv.hessian_eigs(loss, p, (x, y), k=1, method="dense").eigenvalues[0]
+
+    state = tx.init(params)
+    assert np.isnan(state[1].sharpness)
+    history = [params]
+    for _ in range(3):
+        params, state = step(params, state)
+        history.append(params)
+        if len(history) == 2:
+            first = float(state[1].sharpness)
+        if len(history) == 3:
+            assert float(state[1].sharpness) == first  # every=2: step 2 keeps the value
+    assert_close(first, top(history[0]), RTOL)
+    assert_close(state[1].sharpness, top(history[2]), RTOL)
+    assert abs(float(top(history[2])) - first) > 1e3 * RTOL * abs(first)  # the value moved
+    assert int(state[1].count) == 3
+
+
+def test_update_needs_params_and_batch():
+    params, x, y = _problem("mse")
+    grads = jax.tree_util.tree_map(jnp.ones_like, params)
+    for tx in (
+        opt.scale_by_gauss_newton(F, "mse"),
+        opt.track_sharpness(cv.supervised_loss(F, "mse"), jax.random.key(0)),
+    ):
+        state = tx.init(params)
+        with pytest.raises(ValueError, match="batch"):
+            tx.update(grads, state, params)
+        with pytest.raises(ValueError, match="params"):
+            tx.update(grads, state, None, batch=(x, y))
+    with pytest.raises(ValueError, match="damping"):
+        opt.scale_by_gauss_newton(F, "mse", damping=0.0)
+    with pytest.raises(ValueError, match="curvature"):
+        opt.scale_by_gauss_newton(F, "mse", curvature="hessian")
+    with pytest.raises(ValueError, match="every"):
+        opt.track_sharpness(cv.supervised_loss(F, "mse"), jax.random.key(0), every=0)
