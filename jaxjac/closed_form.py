@@ -38,6 +38,7 @@ from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
 from jaxjac.activations import Activation, get_activation
@@ -104,6 +105,29 @@ def jacobian_cost(sizes: list[int]) -> dict[str, int]:
     return {"fwd": sizes[0] * sum(pairs[1:]), "rev": sizes[-1] * sum(pairs[:-1])}
 
 
+def _mm(a: jax.Array, w: jax.Array) -> jax.Array:
+    """``a @ w`` over the last axis of ``a``, as one 2-D GEMM.
+
+    XLA lowers a broadcast ``(B, m, h) @ (h, o)`` to a batched dot that runs about 1.7x slower
+    on CPU than the same product with the leading axes flattened into one tall matrix.
+    """
+    return (a.reshape(-1, a.shape[-1]) @ w).reshape(*a.shape[:-1], w.shape[-1])
+
+
+def _input_side(params, d1, batch):
+    """Transposed pre-activation Jacobians ``Jz_lᵀ = ∂z_l/∂x ᵀ`` for every hidden layer.
+
+    Layout ``(B, n_in, h_l)``: the ``n_in`` input directions are rows, so each layer is one tall
+    GEMM ``(B·n_in, h_{l-1}) @ W_lᵀ``. ``Jz_1ᵀ = W_1ᵀ`` is the same for every example and is
+    returned unbatched, ``(n_in, h_1)``.
+    """
+    jts = [params[0]["W"].T]
+    for layer, s in zip(params[1:-1], d1[:-1], strict=True):
+        jts.append(_mm(jts[-1] * s[:, None, :], layer["W"].T))
+    del batch
+    return jts
+
+
 def _jacobian(params, x, act, mode="auto"):
     fw = _forward(params, x, act, second=False)
     sizes = [params[0]["W"].shape[1]] + [layer["W"].shape[0] for layer in params]
@@ -115,14 +139,15 @@ def _jacobian(params, x, act, mode="auto"):
         # Carry the n_out rows G = ∂A/∂a_l from the output back to the input.
         g = jnp.broadcast_to(params[-1]["W"], (batch, *params[-1]["W"].shape))
         for layer, s in zip(reversed(params[:-1]), reversed(fw.d1), strict=True):
-            g = jnp.einsum("boh,hi->boi", g * s[:, None, :], layer["W"])
+            g = _mm(g * s[:, None, :], layer["W"])
         return g
     if mode == "fwd":
-        # Carry the n_in columns J = ∂z_l/∂x from the input to the output.
-        j = jnp.broadcast_to(params[0]["W"], (batch, *params[0]["W"].shape))
-        for layer, s in zip(params[1:], fw.d1, strict=True):
-            j = jnp.einsum("oh,bhi->boi", layer["W"], s[:, :, None] * j)
-        return j
+        # Carry the n_in columns (as rows, see _input_side) from the input to the output.
+        if len(params) == 1:
+            return jnp.broadcast_to(params[0]["W"], (batch, *params[0]["W"].shape))
+        jt = _input_side(params, fw.d1, batch)[-1]
+        jt = _mm(jt * fw.d1[-1][:, None, :], params[-1]["W"].T)  # (B, n_in, n_out)
+        return jnp.swapaxes(jt, 1, 2)
     raise ValueError(f"mode must be 'auto', 'fwd' or 'rev', got {mode!r}")
 
 
@@ -131,24 +156,75 @@ def _output_adjoints(params, d1, batch):
     delta = jnp.broadcast_to(params[-1]["W"], (batch, *params[-1]["W"].shape))
     deltas = [delta]
     for layer, s in zip(reversed(params[1:-1]), reversed(d1[1:]), strict=True):
-        delta = jnp.einsum("boh,hi->boi", delta * s[:, None, :], layer["W"])
+        delta = _mm(delta * s[:, None, :], layer["W"])
         deltas.append(delta)
     return deltas[::-1]
 
 
+# Examples per step of the per-example contraction: its (n_out, n_in, h) intermediate is kept
+# near this size so it stays in cache between being written and being multiplied.
+_CONTRACTION_BYTES = 4 * 2**20
+
+
+def _symmetric_blocks(n_in: int) -> list[tuple[int, int]]:
+    """Row blocks of the upper triangle computed as separate GEMMs (block size ≥ 32)."""
+    n_blocks = max(1, min(4, n_in // 32))
+    edges = [round(i * n_in / n_blocks) for i in range(n_blocks + 1)]
+    return list(itertools.pairwise(edges))
+
+
+def _contract(zt: jax.Array, c: jax.Array) -> jax.Array:
+    """``H[b,k] = Zt[b] diag(c[b,k]) Zt[b]ᵀ`` for ``zt (b, n_in, H)``, ``c (b, n_out, H)``.
+
+    Only the row blocks of the upper triangle are multiplied (the lower ones are their
+    transposes): with 2 blocks 3/4 of the full product, with 4 blocks 5/8.
+    """
+    b, n_out, n_in = zt.shape[0], c.shape[1], zt.shape[1]
+    blocks = _symmetric_blocks(n_in)
+    if len(blocks) == 1:
+        return jnp.einsum("bkih,bjh->bkij", c[:, :, None, :] * zt[:, None, :, :], zt)
+    hess = jnp.zeros((b, n_out, n_in, n_in), zt.dtype)
+    rows = []
+    for lo, hi in blocks:
+        m = c[:, :, None, :] * zt[:, None, lo:hi, :]  # (b, n_out, hi - lo, H)
+        rows.append((lo, hi, jnp.einsum("bkih,bjh->bkij", m, zt[:, lo:, :])))
+    for lo, hi, top in rows:  # lower triangle first: the diagonal blocks are then overwritten
+        hess = hess.at[:, :, lo:, lo:hi].set(jnp.swapaxes(top, -1, -2))
+    for lo, hi, top in rows:
+        hess = hess.at[:, :, lo:hi, lo:].set(top)
+    return hess
+
+
 def _hessian(params, x, act):
     fw = _forward(params, x, act, second=True)
-    batch = x.shape[0]
-    deltas = _output_adjoints(params, fw.d1, batch) if len(params) > 1 else []
-    n_in = x.shape[1]
-    hess = jnp.zeros((batch, params[-1]["W"].shape[0], n_in, n_in), x.dtype)
-    jz = jnp.broadcast_to(params[0]["W"], (batch, *params[0]["W"].shape))  # ∂z_1/∂x
-    for i, (s2, delta) in enumerate(zip(fw.d2, deltas, strict=True)):
-        if i > 0:
-            jz = jnp.einsum("oh,bhi->boi", params[i]["W"], fw.d1[i - 1][:, :, None] * jz)
-        c = delta * s2[:, None, :]  # (B, n_out, h_l): σ''(z_l) ⊙ δ_{l,k}
-        hess = hess + jnp.einsum("bhi,bkh,bhj->bkij", jz, c, jz)
-    return hess
+    batch, n_in = x.shape
+    n_out = params[-1]["W"].shape[0]
+    if len(params) == 1:
+        return jnp.zeros((batch, n_out, n_in, n_in), x.dtype)
+    deltas = _output_adjoints(params, fw.d1, batch)
+    cs = [delta * s2[:, None, :] for delta, s2 in zip(deltas, fw.d2, strict=True)]  # σ'' ⊙ δ
+    jts = _input_side(params, fw.d1, batch)
+    # Layer 1: Jz_1 = W_1 is shared by all examples, so H_1[b,k] = Σ_h c[b,k,h] W_1[h]ᵀ W_1[h]
+    # is one large GEMM against the packed upper triangle of the outer products W_1[h] W_1[h]ᵀ.
+    w1 = params[0]["W"]
+    iu, ju = np.triu_indices(n_in)
+    packed = _mm(cs[0], w1[:, iu] * w1[:, ju])  # (B, n_out, n_in (n_in + 1) / 2)
+    pair = np.zeros((n_in, n_in), np.int32)
+    pair[iu, ju] = pair[ju, iu] = np.arange(iu.size)
+    hess = packed[:, :, pair]
+    if len(jts) == 1:
+        return hess
+    # Deeper layers differ per example: a batched contraction over all their units at once,
+    # a few examples per step so the (n_out, n_in, h) intermediate stays small.
+    zt = jnp.concatenate(jts[1:], axis=-1)
+    c = jnp.concatenate(cs[1:], axis=-1)
+    per_example = n_out * n_in * zt.shape[-1] * zt.dtype.itemsize
+    step = max(1, _CONTRACTION_BYTES // per_example)
+    if step >= batch:
+        return hess + _contract(zt, c)
+    # lax.map vmaps ``step`` examples at a time over a function of one example.
+    deep = jax.lax.map(lambda zc: _contract(zc[0][None], zc[1][None])[0], (zt, c), batch_size=step)
+    return hess + deep
 
 
 def _weight_jacobian(params, x, act):
@@ -159,24 +235,24 @@ def _weight_jacobian(params, x, act):
     for i in range(len(params) - 1, -1, -1):
         grads.append({"W": jnp.einsum("bko,bi->bkoi", g, fw.acts[i]), "b": g})
         if i > 0:
-            g = jnp.einsum("bko,oi->bki", g, params[i]["W"]) * fw.d1[i - 1][:, None, :]
+            g = _mm(g, params[i]["W"]) * fw.d1[i - 1][:, None, :]
     return grads[::-1]
 
 
 def _laplacian(params, x, act):
-    batch, n_in = x.shape
-    grad = jnp.broadcast_to(jnp.eye(n_in, dtype=x.dtype), (batch, n_in, n_in))  # ∂a_0/∂x
-    lap = jnp.zeros((batch, n_in), x.dtype)
-    a = x
-    for layer in params[:-1]:
-        z = a @ layer["W"].T + layer["b"]
-        gz = jnp.einsum("oh,bhi->boi", layer["W"], grad)
-        lz = lap @ layer["W"].T
+    # Gradients carried transposed, (B, n_in, h): one tall GEMM per layer (see _input_side).
+    batch = x.shape[0]
+    gz = params[0]["W"].T  # ∂z_1/∂x ᵀ, shared: (n_in, h_1)
+    lz = jnp.zeros((batch, params[0]["W"].shape[0]), x.dtype)  # Δz_1 = 0: z_1 is affine in x
+    z = x @ params[0]["W"].T + params[0]["b"]
+    for layer in params[1:]:
         s1, s2 = act.df(z), act.d2f(z)
-        a = act.f(z)
-        grad = s1[:, :, None] * gz
-        lap = s2 * jnp.sum(gz * gz, axis=-1) + s1 * lz
-    return lap @ params[-1]["W"].T
+        lap = s2 * jnp.sum(gz * gz, axis=-2) + s1 * lz  # Δa = σ''|∇z|² + σ' Δz
+        grad = gz * s1[:, None, :]  # ∇a = σ' ∇z
+        z = act.f(z) @ layer["W"].T + layer["b"]
+        gz = _mm(grad, layer["W"].T)
+        lz = lap @ layer["W"].T
+    return lz
 
 
 @functools.partial(jax.jit, static_argnames=("activation", "mode"))
