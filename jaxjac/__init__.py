@@ -2,7 +2,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from jaxjac import closed_form, curvature, io, optimizers, plots
+from jaxjac import closed_form, curvature, io, optimizers, planner, plots, sharding
 from jaxjac.activations import Activation, get_activation, list_activations, register_activation
 from jaxjac.calculus import (
     TraceEstimate,
@@ -72,8 +72,21 @@ from jaxjac.optimizers import (
     scale_by_gauss_newton,
     track_sharpness,
 )
+from jaxjac.planner import Plan, explain
 from jaxjac.plots import plot_interactions, plot_sensitivity
 from jaxjac.sensitivity import LipschitzSummary, SensitivityReport, mlp_function, sensitivity
+from jaxjac.sharding import (
+    BatchMoments,
+    BatchSum,
+    batch_jacobian_abs_sq,
+    batch_jacobian_gram,
+    batch_jacobian_norm,
+    global_batch,
+    host_slice,
+    initialize_from_env,
+    make_mesh,
+    sharded,
+)
 
 try:
     __version__ = version("jaxjac")
@@ -82,12 +95,15 @@ except PackageNotFoundError:  # running from a source tree without installation
 
 __all__ = [
     "Activation",
+    "BatchMoments",
+    "BatchSum",
     "CrossCheckReport",
     "GaussNewtonState",
     "HessianDiag",
     "HessianEigs",
     "HessianTrace",
     "LipschitzSummary",
+    "Plan",
     "SensitivityReport",
     "SharpnessState",
     "SpectralDensity",
@@ -95,7 +111,10 @@ __all__ = [
     "batch_divergence",
     "batch_input_hessian",
     "batch_input_jacobian",
+    "batch_jacobian_abs_sq",
     "batch_jacobian_det",
+    "batch_jacobian_gram",
+    "batch_jacobian_norm",
     "batch_laplacian",
     "batch_log_abs_det_jacobian",
     "batch_slogdet_jacobian",
@@ -105,18 +124,22 @@ __all__ = [
     "curvature",
     "divergence",
     "empirical_fisher_vp",
+    "explain",
     "from_equinox_mlp",
     "from_flax_dense_params",
     "gauss_newton",
     "get_activation",
     "ggn_vp",
+    "global_batch",
     "hessian_diag",
     "hessian_eigs",
     "hessian_trace",
+    "host_slice",
     "hutchinson_divergence",
     "hutchinson_laplacian",
     "hutchpp_divergence",
     "hutchpp_laplacian",
+    "initialize_from_env",
     "input_hessian",
     "input_hvp",
     "input_jacobian",
@@ -129,6 +152,7 @@ __all__ = [
     "load_data",
     "load_params",
     "log_abs_det_jacobian",
+    "make_mesh",
     "match_activation",
     "mlp_apply",
     "mlp_function",
@@ -139,6 +163,7 @@ __all__ = [
     "ntk_memory",
     "ntk_vp",
     "optimizers",
+    "planner",
     "plot_interactions",
     "plot_sensitivity",
     "plots",
@@ -146,6 +171,8 @@ __all__ = [
     "save_params",
     "scale_by_gauss_newton",
     "sensitivity",
+    "sharded",
+    "sharding",
     "sharpness",
     "slogdet_jacobian",
     "spectral_density",

@@ -314,9 +314,28 @@ def weight_hessian_matrix(f: Fn, params: Any, x: ArrayLike) -> jax.Array:
     return _weight_hessian_matrix(f, params, x)
 
 
-@_jit_entry("mode", "chunk_size")
+def _planned(task: str, f: Fn, params: Any, xs: ArrayLike, **options) -> Any:
+    from jaxjac import planner  # the planner builds on this module: imported when first used
+
+    plan = planner.plan(task, f, params, xs, **options)
+    return _run_plan(f, params, xs, route=planner.route_of(plan))
+
+
+@_jit_entry("route")
+def _run_plan(f: Fn, params: Any, xs: ArrayLike, *, route: Any) -> Any:
+    from jaxjac import planner
+
+    return planner._batched_program(f, params, jnp.asarray(xs), route)
+
+
 def batch_input_jacobian(
-    f: Fn, params: Any, xs: ArrayLike, *, mode: Mode = "auto", chunk_size: int | None = None
+    f: Fn,
+    params: Any,
+    xs: ArrayLike,
+    *,
+    mode: str = "auto",
+    chunk_size: int | None = None,
+    max_memory_bytes: int | None = None,
 ) -> jax.Array:
     """Per-example input Jacobians over a leading batch axis (no cross-batch terms).
 
@@ -324,40 +343,81 @@ def batch_input_jacobian(
         f: ``f(params, x) -> array`` for one example ``x``.
         params: pytree, shared by all examples.
         xs: ``(B,) + x.shape``.
-        mode: as in :func:`input_jacobian`.
+        mode: ``"auto"`` lets :mod:`jaxjac.planner` choose: the closed form when ``f`` is
+            jaxjac's MLP, else the cheaper autodiff mode; ``"fwd"`` or ``"rev"`` force
+            autodiff in that mode; ``"closed_form"`` / ``"autodiff"`` force the route.
         chunk_size: process ``chunk_size`` examples at a time to bound peak memory (any positive
             size, dividing ``B`` or not); ``None`` vectorises the whole batch. Same results.
+        max_memory_bytes: a budget for temporary memory; the planner picks the largest chunk
+            that fits (see :func:`jaxjac.explain`).
 
     Returns:
         ``(B,) + f_out.shape + x.shape``.
     """
-    return _batch_input_jacobian(f, params, xs, mode=mode, chunk_size=chunk_size)
+    return _planned(
+        "input_jacobian",
+        f,
+        params,
+        xs,
+        mode=mode,
+        chunk_size=chunk_size,
+        max_memory_bytes=max_memory_bytes,
+    )
 
 
-@_jit_entry("chunk_size")
 def batch_input_hessian(
-    f: Fn, params: Any, xs: ArrayLike, *, chunk_size: int | None = None
+    f: Fn,
+    params: Any,
+    xs: ArrayLike,
+    *,
+    mode: str = "auto",
+    chunk_size: int | None = None,
+    max_memory_bytes: int | None = None,
 ) -> jax.Array:
     """Per-example input Hessians over a leading batch axis.
 
+    ``mode``, ``chunk_size`` and ``max_memory_bytes`` as in :func:`batch_input_jacobian`; on the
+    autodiff route the Hessian is forward-over-reverse, on the closed-form route the layer sum.
+
     Returns:
-        ``(B,) + f_out.shape + x.shape + x.shape``. ``chunk_size`` as in
-        :func:`batch_input_jacobian`.
+        ``(B,) + f_out.shape + x.shape + x.shape``.
     """
-    return _batch_input_hessian(f, params, xs, chunk_size=chunk_size)
+    return _planned(
+        "input_hessian",
+        f,
+        params,
+        xs,
+        mode=mode,
+        chunk_size=chunk_size,
+        max_memory_bytes=max_memory_bytes,
+    )
 
 
-@_jit_entry("mode", "chunk_size")
 def batch_weight_jacobian(
-    f: Fn, params: Any, xs: ArrayLike, *, mode: Mode = "rev", chunk_size: int | None = None
+    f: Fn,
+    params: Any,
+    xs: ArrayLike,
+    *,
+    mode: str = "auto",
+    chunk_size: int | None = None,
+    max_memory_bytes: int | None = None,
 ) -> Any:
     """Per-example weight Jacobians over a leading batch axis.
 
+    ``mode``, ``chunk_size`` and ``max_memory_bytes`` as in :func:`batch_input_jacobian`.
+
     Returns:
         A pytree shaped like ``params`` with leaves ``(B,) + f_out.shape + leaf.shape``.
-        ``chunk_size`` as in :func:`batch_input_jacobian`.
     """
-    return _batch_weight_jacobian(f, params, xs, mode=mode, chunk_size=chunk_size)
+    return _planned(
+        "weight_jacobian",
+        f,
+        params,
+        xs,
+        mode=mode,
+        chunk_size=chunk_size,
+        max_memory_bytes=max_memory_bytes,
+    )
 
 
 @_jit_entry()

@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jaxjac as jj
+from jaxjac import closed_form as closed_form_module
 from jaxjac.closed_form import jacobian_cost
 from tests.helpers import assert_close, central_jacobian, exact_rtol, fd_rtol
 
@@ -198,3 +199,21 @@ def test_nan_in_x_propagates_per_example():
             out = fn(params, xs, act)
             assert bool(jnp.all(jnp.isnan(out[1]))), (fn.__name__, act)
             assert bool(jnp.all(jnp.isfinite(out[0]))) and bool(jnp.all(jnp.isfinite(out[2])))
+
+
+@pytest.mark.parametrize("n_in", [70, 130])
+def test_blocked_symmetric_contraction_for_wide_inputs(n_in):
+    # n_in >= 64 splits the upper triangle into row blocks (2 and 4 here, uneven sizes).
+    params, xs, _ = _network(n_in, sizes=[n_in, 6, 5, 2], batch=2)
+    expected = _autodiff(params, xs, "tansig")["hessian"]
+    got = jj.closed_form.mlp_hessian(params, xs, "tansig")
+    assert_close(got, expected, REQUIRED_RTOL)
+    assert_close(got, jnp.swapaxes(got, -1, -2), exact_rtol(F64), what="symmetry")
+
+
+def test_chunked_contraction_matches(monkeypatch):
+    # A tiny cache budget forces the per-example contraction through lax.map in small steps.
+    params, xs, _ = _network(3, sizes=[5, 8, 7, 6, 2], batch=7)
+    monkeypatch.setattr(closed_form_module, "_CONTRACTION_BYTES", 1)
+    got = closed_form_module._hessian(params, xs, jj.get_activation("tansig"))
+    assert_close(got, _autodiff(params, xs, "tansig")["hessian"], REQUIRED_RTOL)

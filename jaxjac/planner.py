@@ -1,0 +1,437 @@
+"""The route planner behind ``mode="auto"`` of the batched helpers, and :func:`explain`.
+
+For a batched task it decides
+
+* the **route**: the closed form of :mod:`jaxjac.closed_form` when ``f`` is jaxjac's MLP
+  (:func:`jaxjac.mlp_apply`, ``functools.partial(mlp_apply, activation=...)`` or
+  :func:`jaxjac.mlp_function`), else autodiff;
+* the **accumulation mode**: forward or reverse, whichever carries fewer vectors through ``f``
+  (``n_in`` tangents against ``n_out`` cotangents; the closed form counts multiply-adds);
+* the **chunk size**: from ``max_memory_bytes``, a budget for XLA's temporary buffers (the
+  inputs and the result itself are not counted: the caller holds them anyway).
+
+Memory and FLOPs are not guessed: the planner compiles the chosen program for batches of one and
+two examples and reads XLA's own ``memory_analysis()`` and ``cost_analysis()``; per-example cost
+is the difference, fixed cost the rest. Plans are cached per ``(task, f, options, shapes,
+dtypes)``, so planning costs two small compiles once, and nothing when no budget is given.
+A result that cannot fit in the device's memory at all is refused before anything runs.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxjac import closed_form
+from jaxjac.activations import Activation, get_activation
+from jaxjac.nets import mlp_apply, validate_mlp_params
+
+__all__ = ["Plan", "explain", "mlp_activation", "plan"]
+
+TASKS = ("input_jacobian", "input_hessian", "weight_jacobian")
+
+
+class Plan(NamedTuple):
+    """What a batched helper will run, and what it costs.
+
+    Attributes:
+        task: ``"input_jacobian"``, ``"input_hessian"`` or ``"weight_jacobian"``.
+        route: ``"closed_form"`` or ``"autodiff"``.
+        mode: accumulation mode: ``"fwd"`` or ``"rev"`` (Jacobians), ``"fwd-over-rev"``
+            (autodiff Hessian) or ``"layer-sum"`` (closed-form Hessian).
+        batch: number of examples ``B``.
+        chunk_size: examples per step, or ``None`` for the whole batch at once.
+        activation: the MLP's activation name on the closed-form route.
+        flops: estimated floating-point operations for the whole batch (XLA's count).
+        result_bytes: size of the result.
+        temp_bytes_per_example: XLA temporary memory per example processed at once.
+        temp_bytes_fixed: XLA temporary memory independent of the batch.
+        max_memory_bytes: the budget asked for, if any.
+        reasons: one sentence per decision.
+    """
+
+    task: str
+    route: str
+    mode: str
+    batch: int
+    chunk_size: int | None
+    activation: str | None
+    flops: float | None
+    result_bytes: int
+    temp_bytes_per_example: int | None
+    temp_bytes_fixed: int | None
+    max_memory_bytes: int | None
+    reasons: tuple[str, ...]
+
+    @property
+    def temp_bytes(self) -> int | None:
+        """Estimated peak temporary memory at the chosen chunk size."""
+        if self.temp_bytes_per_example is None:
+            return None
+        step = self.batch if self.chunk_size is None else min(self.chunk_size, self.batch)
+        return self.temp_bytes_fixed + step * self.temp_bytes_per_example
+
+    def __str__(self) -> str:
+        chunk = "whole batch" if self.chunk_size is None else f"chunks of {self.chunk_size}"
+        lines = [
+            f"{self.task} of a batch of {self.batch}: {self.route} route, {self.mode}, {chunk}",
+            f"  result {_fmt_bytes(self.result_bytes)}",
+        ]
+        if self.temp_bytes is not None:
+            budget = (
+                f" (budget {_fmt_bytes(self.max_memory_bytes)})"
+                if self.max_memory_bytes is not None
+                else ""
+            )
+            lines.append(
+                f"  temporary memory ≈ {_fmt_bytes(self.temp_bytes)}{budget}: "
+                f"{_fmt_bytes(self.temp_bytes_per_example)} per example in flight + "
+                f"{_fmt_bytes(self.temp_bytes_fixed)} fixed"
+            )
+        if self.flops is not None:
+            lines.append(f"  ≈ {self.flops / 1e9:.3g} GFLOP")
+        lines += [f"  - {reason}" for reason in self.reasons]
+        return "\n".join(lines)
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def mlp_activation(f: Any) -> Activation | None:
+    """The activation if ``f(params, x)`` is jaxjac's MLP, else ``None``.
+
+    Recognises :func:`jaxjac.mlp_apply` (tansig) and ``functools.partial(mlp_apply,
+    activation=...)``, which is what :func:`jaxjac.mlp_function` returns.
+    """
+    if f is mlp_apply:
+        return get_activation("tansig")
+    if (
+        isinstance(f, functools.partial)
+        and f.func is mlp_apply
+        and not f.args
+        and set(f.keywords) <= {"activation"}
+    ):
+        return get_activation(f.keywords.get("activation", "tansig"))
+    return None
+
+
+def _is_mlp_params(params: Any) -> bool:
+    try:
+        validate_mlp_params(params)
+    except ValueError:
+        return False
+    return True
+
+
+# --- the batched programs ------------------------------------------------------------------
+
+
+class _Route(NamedTuple):
+    """The static part of a plan: everything the compiled program depends on."""
+
+    task: str
+    route: str
+    mode: str
+    chunk_size: int | None
+    activation: Activation | None
+
+
+def _map_chunks(fn: Callable[[jax.Array], Any], xs: jax.Array, chunk_size: int | None) -> Any:
+    """``fn`` on ``xs`` whole, or on consecutive chunks of rows (and one remainder), stacked.
+
+    ``fn`` takes a batch: the closed form is written for batches, so chunking calls it on
+    ``(chunk_size, n_in)`` blocks in a sequential ``lax.map`` rather than vmapping one example.
+    """
+    batch = xs.shape[0]
+    if chunk_size is None or chunk_size >= batch:
+        return fn(xs)
+    n_full = batch // chunk_size
+    head = xs[: n_full * chunk_size].reshape(n_full, chunk_size, *xs.shape[1:])
+    out = jax.lax.map(fn, head)
+    out = jax.tree_util.tree_map(lambda a: a.reshape(n_full * chunk_size, *a.shape[2:]), out)
+    if n_full * chunk_size < batch:
+        tail = fn(xs[n_full * chunk_size :])
+        out = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b]), out, tail)
+    return out
+
+
+def _batched_program(f: Callable, params: Any, xs: jax.Array, route: _Route) -> Any:
+    """The plain (un-jitted) batched computation a plan describes."""
+    from jaxjac import derivatives as d  # derivatives imports this module lazily; no cycle
+
+    if route.route == "closed_form":
+        act = route.activation
+        fns = {
+            "input_jacobian": lambda b: closed_form._jacobian(params, b, act, route.mode),
+            "input_hessian": lambda b: closed_form._hessian(params, b, act),
+            "weight_jacobian": lambda b: closed_form._weight_jacobian(params, b, act),
+        }
+        return _map_chunks(fns[route.task], xs, route.chunk_size)
+    per_example = {
+        "input_jacobian": lambda x: d._input_jacobian(f, params, x, route.mode),
+        "input_hessian": lambda x: d._input_hessian(f, params, x),
+        "weight_jacobian": lambda x: d._weight_jacobian(f, params, x, route.mode),
+    }[route.task]
+    return _map_chunks(jax.vmap(per_example), xs, route.chunk_size)
+
+
+# --- planning ------------------------------------------------------------------------------
+
+
+def _result_bytes(task: str, f: Callable, params: Any, xs: jax.Array) -> tuple[int, int, int]:
+    """Bytes of the result, and the per-example input and output sizes."""
+    out = jax.eval_shape(f, params, jax.ShapeDtypeStruct(xs.shape[1:], xs.dtype))
+    n_out = sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(out))
+    n_in = math.prod(xs.shape[1:])
+    itemsize = jnp.dtype(xs.dtype).itemsize
+    if task == "input_jacobian":
+        per = n_out * n_in
+    elif task == "input_hessian":
+        per = n_out * n_in * n_in
+    else:
+        per = n_out * sum(leaf.size for leaf in jax.tree_util.tree_leaves(params))
+    return xs.shape[0] * per * itemsize, n_in, n_out
+
+
+def _memory_limit() -> int | None:
+    """Bytes the result may take at most: the device's memory, or the host's RAM on CPU."""
+    try:
+        stats = jax.devices()[0].memory_stats()
+    except Exception:
+        stats = None
+    if stats and stats.get("bytes_limit"):
+        return int(stats["bytes_limit"])
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _analyse(f, params, xs, route: _Route, batch: int) -> tuple[int, float]:
+    """XLA's temporary bytes and FLOPs of the program on ``batch`` examples."""
+    spec = jax.ShapeDtypeStruct((batch, *xs.shape[1:]), xs.dtype)
+    params_spec = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), params)
+    compiled = (
+        jax.jit(lambda p, b: _batched_program(f, p, b, route._replace(chunk_size=None)))
+        .lower(params_spec, spec)
+        .compile()
+    )
+    memory = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return int(memory.temp_size_in_bytes), float((cost or {}).get("flops", float("nan")))
+
+
+def _fn_key(f: Any) -> Any:
+    from jaxjac.derivatives import _split_partial
+
+    split = _split_partial(f)
+    return f if split is None else (split[0], _shapes(split[1]))
+
+
+def _shapes(tree: Any) -> tuple:
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    return treedef, tuple((jnp.shape(a), jnp.result_type(a).name) for a in leaves)
+
+
+def plan(
+    task: str,
+    f: Callable,
+    params: Any,
+    xs: Any,
+    *,
+    mode: str = "auto",
+    chunk_size: int | None = None,
+    max_memory_bytes: int | None = None,
+    analyse: bool | None = None,
+) -> Plan:
+    """Plan a batched ``task`` of ``f(params, x)`` over the rows of ``xs: (B,) + x.shape``.
+
+    Args:
+        task: ``"input_jacobian"``, ``"input_hessian"`` or ``"weight_jacobian"``.
+        f: ``f(params, x)`` for one example.
+        params: pytree.
+        xs: the batch, or a :class:`jax.ShapeDtypeStruct` of it.
+        mode: ``"auto"``, or a forced ``"fwd"`` / ``"rev"`` (autodiff route). ``"closed_form"``
+            and ``"autodiff"`` force the route.
+        chunk_size: a fixed chunk size (then the budget only checks it).
+        max_memory_bytes: budget for temporary memory; the chunk size is the largest that fits.
+        analyse: measure memory and FLOPs by compiling (default: only when a budget is given).
+
+    Returns:
+        A :class:`Plan`.
+
+    Raises:
+        ValueError: for an unknown task or mode, a budget too small for one example, or a
+            result larger than the device's memory.
+    """
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    if mode not in ("auto", "fwd", "rev", "closed_form", "autodiff"):
+        raise ValueError(
+            f"mode must be 'auto', 'fwd', 'rev', 'closed_form' or 'autodiff', got {mode!r}"
+        )
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
+    if max_memory_bytes is not None and (
+        not isinstance(max_memory_bytes, int) or max_memory_bytes < 1
+    ):
+        raise ValueError(f"max_memory_bytes must be a positive integer, got {max_memory_bytes!r}")
+    if jnp.ndim(xs) < 1:
+        raise ValueError(f"xs must have a leading batch axis, got shape {jnp.shape(xs)}")
+    xs = jax.ShapeDtypeStruct(jnp.shape(xs), jnp.result_type(xs))
+    analyse = max_memory_bytes is not None if analyse is None else analyse
+    key = (task, _fn_key(f), mode, chunk_size, max_memory_bytes, analyse)
+    key += (_shapes(params), _shapes(xs))
+    if key not in _PLANS:
+        if len(_PLANS) >= _MAX_PLANS:
+            _PLANS.pop(next(iter(_PLANS)))  # forget the oldest
+        _PLANS[key] = _make_plan(task, mode, chunk_size, max_memory_bytes, analyse, f, params, xs)
+    return _PLANS[key]
+
+
+# Plans by (task, function, options, shapes and dtypes): a plan depends on nothing else.
+_PLANS: dict[tuple, Plan] = {}
+_MAX_PLANS = 1024
+
+
+def _make_plan(task, mode, chunk_size, max_memory_bytes, analyse, f, params, xs) -> Plan:
+    reasons = []
+    act = mlp_activation(f)
+    batch = xs.shape[0]
+    result_bytes, n_in, n_out = _result_bytes(task, f, params, xs)
+    limit = _memory_limit()
+    if limit is not None and result_bytes > limit:
+        raise ValueError(
+            f"the {task} of a batch of {batch} needs {_fmt_bytes(result_bytes)} for its result "
+            f"alone, more than this device's {_fmt_bytes(limit)}; pass fewer examples per call "
+            "(e.g. stream the data set in slices) or reduce the result as you go"
+        )
+    closed = act is not None and _is_mlp_params(params) and mode in ("auto", "closed_form")
+    if mode == "closed_form" and not closed:
+        raise ValueError("mode='closed_form' needs f to be jaxjac's MLP with MLP params")
+    if closed:
+        sizes = validate_mlp_params(params)
+        route = "closed_form"
+        if task == "input_jacobian":
+            cost = closed_form.jacobian_cost(sizes)
+            acc = "fwd" if cost["fwd"] < cost["rev"] else "rev"
+            reasons.append(
+                f"jaxjac MLP {sizes} ({act.name}): closed-form layer product, from the "
+                f"{'input' if acc == 'fwd' else 'output'} side ({cost[acc]:,} multiply-adds per "
+                f"example against {cost['rev' if acc == 'fwd' else 'fwd']:,})"
+            )
+        elif task == "input_hessian":
+            acc = "layer-sum"
+            reasons.append(
+                f"jaxjac MLP {sizes} ({act.name}): closed-form layer-sum Hessian, several times "
+                "cheaper than forward-over-reverse autodiff"
+            )
+        else:
+            acc = "outer-product"
+            reasons.append(f"jaxjac MLP {sizes} ({act.name}): closed-form outer products")
+    else:
+        route = "autodiff"
+        if act is not None and mode == "auto":
+            reasons.append("params are not an MLP parameter list: autodiff")
+        elif act is None:
+            reasons.append("f is not jaxjac's MLP: autodiff")
+        n_params = sum(leaf.size for leaf in jax.tree_util.tree_leaves(params))
+        wide = n_in if task != "weight_jacobian" else n_params
+        if task == "input_hessian":
+            acc = "fwd-over-rev"
+            reasons.append("jax.hessian: forward-over-reverse, one reverse sweep per tangent")
+        elif mode in ("fwd", "rev"):
+            acc = mode
+            reasons.append(f"mode {mode!r} requested")
+        else:
+            acc = "fwd" if wide <= n_out else "rev"
+            what = "inputs" if task != "weight_jacobian" else "parameters"
+            reasons.append(
+                f"{wide} {what} against {n_out} outputs: "
+                f"{'forward' if acc == 'fwd' else 'reverse'} mode carries fewer vectors"
+            )
+    static = _Route(task, route, acc, chunk_size, act if closed else None)
+    per_example = fixed = flops = None
+    if analyse:
+        t1, f1 = _analyse(f, params, xs, static, 1)
+        t2, f2 = _analyse(f, params, xs, static, 2)
+        per_example, fixed = max(t2 - t1, 1), max(2 * t1 - t2, 0)
+        flops = f1 + (f2 - f1) * (batch - 1)
+    if max_memory_bytes is not None:
+        fit = (max_memory_bytes - fixed) // per_example
+        if fit < 1:
+            raise ValueError(
+                f"max_memory_bytes={max_memory_bytes:,} is too small: one example of this "
+                f"{task} needs {_fmt_bytes(fixed + per_example)} of temporary memory"
+            )
+        if chunk_size is None:
+            chunk_size = None if fit >= batch else int(fit)
+            reasons.append(
+                f"budget {_fmt_bytes(max_memory_bytes)} fits {min(fit, batch)} examples at once"
+                + ("" if chunk_size is None else f": chunks of {chunk_size}")
+            )
+        elif chunk_size > fit:
+            reasons.append(
+                f"chunk_size={chunk_size} exceeds the budget (fits {fit}): kept as asked"
+            )
+    if chunk_size is not None and chunk_size >= batch:
+        chunk_size = None
+    return Plan(
+        task=task,
+        route=route,
+        mode=acc,
+        batch=batch,
+        chunk_size=chunk_size,
+        activation=act.name if closed else None,
+        flops=flops,
+        result_bytes=result_bytes,
+        temp_bytes_per_example=per_example,
+        temp_bytes_fixed=fixed,
+        max_memory_bytes=max_memory_bytes,
+        reasons=tuple(reasons),
+    )
+
+
+def route_of(p: Plan) -> _Route:
+    """The static description the compiled program is keyed on."""
+    act = get_activation(p.activation) if p.activation is not None else None
+    return _Route(p.task, p.route, p.mode, p.chunk_size, act)
+
+
+def explain(
+    task: str,
+    f: Callable,
+    params: Any,
+    xs: Any,
+    *,
+    mode: str = "auto",
+    chunk_size: int | None = None,
+    max_memory_bytes: int | None = None,
+) -> Plan:
+    """What the batched helper for ``task`` would run, with measured memory and FLOPs.
+
+    Same arguments as :func:`plan`; always compiles the program to measure it. ``print`` the
+    result for a readable account of every decision.
+    """
+    return plan(
+        task,
+        f,
+        params,
+        xs,
+        mode=mode,
+        chunk_size=chunk_size,
+        max_memory_bytes=max_memory_bytes,
+        analyse=True,
+    )

@@ -1,0 +1,114 @@
+"""The route planner: route and mode choices, memory budgets, explanations, refusals."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+import jaxjac as jj
+from jaxjac import closed_form, planner
+from tests.helpers import assert_close, exact_rtol
+
+F64 = jnp.float64
+
+
+def _generic(params, x):
+    return jnp.tanh(params["W"] @ x)
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    params = jj.mlp_init(jax.random.key(0), [6, 16, 16, 3], dtype=F64)
+    xs = jax.random.normal(jax.random.key(1), (40, 6), F64)
+    return params, xs
+
+
+def test_recognises_jaxjac_mlps_only():
+    assert planner.mlp_activation(jj.mlp_apply).name == "tansig"
+    assert planner.mlp_activation(jj.mlp_function("relu")).name == "relu"
+    assert planner.mlp_activation(functools.partial(jj.mlp_apply, activation="gelu")).name == "gelu"
+    assert planner.mlp_activation(_generic) is None
+    assert planner.mlp_activation(lambda p, x: jj.mlp_apply(p, x)) is None
+
+
+def test_routes_and_modes(mlp):
+    params, xs = mlp
+    f = jj.mlp_function("tanh")
+    p = planner.plan("input_jacobian", f, params, xs)
+    assert (p.route, p.mode, p.chunk_size) == ("closed_form", "rev", None)
+    assert planner.plan("input_hessian", f, params, xs).mode == "layer-sum"
+    p = planner.plan("input_jacobian", f, params, xs, mode="fwd")
+    assert (p.route, p.mode) == ("autodiff", "fwd")
+    wide = {"W": jnp.ones((2, 9), F64)}
+    p = planner.plan("input_jacobian", _generic, wide, jnp.ones((5, 9), F64))
+    assert (p.route, p.mode) == ("autodiff", "rev")
+    tall = {"W": jnp.ones((9, 2), F64)}
+    assert planner.plan("input_jacobian", _generic, tall, jnp.ones((5, 2), F64)).mode == "fwd"
+    with pytest.raises(ValueError, match="needs f to be jaxjac's MLP"):
+        planner.plan("input_jacobian", _generic, wide, jnp.ones((5, 9), F64), mode="closed_form")
+    with pytest.raises(ValueError, match="task must be one of"):
+        planner.plan("laplacian_of_everything", f, params, xs)
+
+
+@pytest.mark.parametrize("task", ["input_jacobian", "input_hessian", "weight_jacobian"])
+def test_every_route_gives_the_same_numbers(mlp, task):
+    params, xs = mlp
+    helper = {
+        "input_jacobian": jj.batch_input_jacobian,
+        "input_hessian": jj.batch_input_hessian,
+        "weight_jacobian": jj.batch_weight_jacobian,
+    }[task]
+    f = jj.mlp_function("tanh")
+    closed = helper(f, params, xs)
+    autodiff = helper(f, params, xs, mode="autodiff")
+    assert_close(closed, autodiff, exact_rtol(F64), what=task)
+    assert_close(helper(f, params, xs, chunk_size=7), closed, exact_rtol(F64))
+
+
+def test_budget_picks_a_chunk_that_fits_and_changes_nothing_else(mlp):
+    params, xs = mlp
+    f = jj.mlp_function("tanh")
+    whole = planner.explain("input_hessian", f, params, xs)
+    assert whole.chunk_size is None and whole.temp_bytes_per_example > 0
+    assert whole.flops > 0
+    budget = whole.temp_bytes_fixed + 10 * whole.temp_bytes_per_example
+    p = planner.plan("input_hessian", f, params, xs, max_memory_bytes=budget)
+    assert p.chunk_size == 10
+    assert p.temp_bytes <= budget
+    hess = jj.batch_input_hessian(f, params, xs, max_memory_bytes=budget)
+    assert_close(hess, closed_form.mlp_hessian(params, xs, "tanh"), exact_rtol(F64))
+    with pytest.raises(ValueError, match="too small: one example"):
+        planner.plan("input_hessian", f, params, xs, max_memory_bytes=1)
+
+
+def test_a_result_larger_than_memory_is_refused_before_running(mlp):
+    params, _ = mlp
+    huge = jax.ShapeDtypeStruct((10**9, 6), F64)  # 10^9 Hessians of 3×6×6 doubles: 864 GB
+    with pytest.raises(ValueError, match=r"needs .*GiB for its result alone, more than"):
+        planner.plan("input_hessian", jj.mlp_function("tanh"), params, huge)
+
+
+def test_explain_reads_well(mlp):
+    params, xs = mlp
+    text = str(planner.explain("input_jacobian", jj.mlp_function("tanh"), params, xs))
+    assert "closed_form route" in text and "from the output side" in text
+    assert "GFLOP" in text and "per example" in text
+    text = str(
+        jj.explain("input_jacobian", _generic, {"W": jnp.ones((2, 9), F64)}, jnp.ones((4, 9), F64))
+    )
+    assert "autodiff" in text and "reverse mode carries fewer vectors" in text
+
+
+def test_planning_is_cached(mlp):
+    params, xs = mlp
+    traces = []
+
+    def counted(params, x):
+        traces.append(1)
+        return jj.mlp_apply(params, x, "tanh")
+
+    jj.batch_input_jacobian(counted, params, xs, max_memory_bytes=10**8)
+    first = len(traces)
+    jj.batch_input_jacobian(counted, params, xs + 1.0, max_memory_bytes=10**8)
+    assert len(traces) == first
