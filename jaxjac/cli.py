@@ -290,6 +290,7 @@ def run_sensitivity(args: argparse.Namespace) -> int:
             fingerprint=fingerprint,
             progress=not args.quiet,
             on_chunk=on_chunk,
+            devices=args.devices if args.devices is not None else len(_local_devices()),
         )
     except KeyboardInterrupt:
         print(
@@ -363,6 +364,12 @@ def _add_sensitivity_parser(sub: Any) -> None:
     cmd.add_argument(
         "--chunk-size", type=_positive_int, default=4096, help="rows per chunk (default 4096)"
     )
+    cmd.add_argument(
+        "--devices",
+        type=_positive_int,
+        default=None,
+        help="split each chunk over the first N local devices (default: all of them)",
+    )
     cmd.add_argument("--hessian", action="store_true", help="also E|d2f/dxi dxj|, interactions.png")
     cmd.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     cmd.add_argument(
@@ -383,6 +390,12 @@ def _add_sensitivity_parser(sub: Any) -> None:
     )
     cmd.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
     cmd.set_defaults(run=run_sensitivity)
+
+
+def _local_devices() -> list:
+    import jax
+
+    return jax.local_devices()
 
 
 def _positive_int(text: str) -> int:

@@ -61,12 +61,14 @@ from typing import Any, Literal, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 from jax.typing import ArrayLike
 
 from jaxjac import closed_form
 from jaxjac.activations import Activation, get_activation
 from jaxjac.derivatives import batch_input_hessian, batch_input_jacobian
 from jaxjac.nets import mlp_apply, validate_mlp_params
+from jaxjac.sharding import make_mesh, sharded
 
 __all__ = [
     "LipschitzSummary",
@@ -471,20 +473,29 @@ def _derivatives(
     xs: jax.Array,
     hessian: bool,
     n_out: int,
+    mesh: Mesh | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Values, Jacobians and Hessians of one padded chunk, as float64 host arrays.
+
+    With a ``mesh`` of several devices the chunk's rows are split over them
+    (:func:`jaxjac.sharding.sharded`) and the per-example results gathered: they are needed per
+    example on the host anyway (the largest singular value of each Jacobian, the reservoir).
 
     Returns:
         ``(B, n_out)``, ``(B, n_out, n_in)`` and ``(B, n_out, n_in, n_in)`` or ``None``.
     """
     batch, n_in = xs.shape
-    values = _batch_values(f, params, xs)
+
+    def run(fn, *args):
+        return fn(*args) if mesh is None or mesh.size == 1 else sharded(fn, mesh)(*args)
+
+    values = run(_batch_values, f, params, xs)
     if route == "closed_form":
-        jac = closed_form.mlp_jacobian(params, xs, activation)
-        hess = closed_form.mlp_hessian(params, xs, activation) if hessian else None
+        jac = run(closed_form.mlp_jacobian, params, xs, activation)
+        hess = run(closed_form.mlp_hessian, params, xs, activation) if hessian else None
     else:
-        jac = batch_input_jacobian(f, params, xs)
-        hess = batch_input_hessian(f, params, xs) if hessian else None
+        jac = run(batch_input_jacobian, f, params, xs)
+        hess = run(batch_input_hessian, f, params, xs) if hessian else None
 
     def host(a: jax.Array, shape: tuple[int, ...]) -> np.ndarray:
         return np.asarray(a, np.float64).reshape(shape)  # a scalar output gets n_out = 1
@@ -855,6 +866,7 @@ def sensitivity(
     fingerprint: Mapping[str, Any] | None = None,
     progress: bool = False,
     on_chunk: Callable[[int, int], None] | None = None,
+    devices: Any = None,
 ) -> SensitivityReport:
     """Derivative-based sensitivity measures of ``f`` over the examples ``xs``.
 
@@ -886,6 +898,8 @@ def sensitivity(
         progress: draw a progress bar on stderr when it is a terminal (needs tqdm).
         on_chunk: called as ``on_chunk(rows_done, N)`` after every chunk (and its checkpoint);
             an exception raised there stops the run, leaving the checkpoint to resume from.
+        devices: split every chunk's rows over these devices (``None``: the default device;
+            an int takes the first ``n``; a list of devices or a ``Mesh``); same numbers.
 
     Returns:
         A :class:`SensitivityReport`.
@@ -913,6 +927,7 @@ def sensitivity(
     outputs = _names(output_names, n_out, "y", "output_names")
     constants = _bound_constants(bounds, variances, n_in)
     device_params = jax.tree_util.tree_map(jnp.asarray, params)
+    mesh = make_mesh(devices) if devices is not None else None
 
     state = _initial_state(n_out, n_in, hessian)
     folder = Path(checkpoint) if checkpoint is not None else None
@@ -952,7 +967,7 @@ def sensitivity(
             if block.shape[0]:
                 padded = jnp.asarray(_pad(block, chunk), dtype=work)
                 values, jac, hess = _derivatives(
-                    route_used, activation, f, device_params, padded, hessian, n_out
+                    route_used, activation, f, device_params, padded, hessian, n_out, mesh
                 )
                 kept = slice(0, block.shape[0])  # the mask: padding rows are discarded here
                 values, jac = values[kept], jac[kept]

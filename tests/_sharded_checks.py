@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -293,6 +294,83 @@ def _():
     assert len(TRACES) == traces > 0, (len(TRACES), traces)
     sh.sharded(jj.batch_laplacian, N_DEVICES)(f, _xs(24))  # a new shape compiles anew
     assert sh._run._cache_size() == before + 2
+
+
+def _sensitivity_files(tmp, devices):
+    import tempfile as _tempfile  # noqa: F401  (the folder comes from the caller)
+
+    from jaxjac.cli import main as cli_main
+
+    out = os.path.join(tmp, f"out{devices}")
+    code = cli_main(
+        [
+            "sensitivity",
+            "--params",
+            os.path.join(tmp, "model.npz"),
+            "--data",
+            os.path.join(tmp, "data.npy"),
+            "--out",
+            out,
+            "--chunk-size",
+            "13",
+            "--hessian",
+            "--devices",
+            str(devices),
+            "--quiet",
+        ]
+    )
+    assert code == 0, code
+    with open(os.path.join(out, "sensitivity.csv")) as fh:
+        return fh.read()
+
+
+@check("sensitivity-cli-devices-8-equals-1")
+def _():
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        jj.save_params(os.path.join(tmp, "model.npz"), _params((3, 7, 5, 2), seed=4))
+        np.save(os.path.join(tmp, "data.npy"), np.asarray(_xs(41, seed=5)))  # 41 = 3·13 + 2
+        one, eight = _sensitivity_files(tmp, 1), _sensitivity_files(tmp, 8)
+    rows1 = [line.split(",") for line in one.splitlines()[1:]]
+    rows8 = [line.split(",") for line in eight.splitlines()[1:]]
+    assert len(rows1) == len(rows8) == 6 and one.splitlines()[0] == eight.splitlines()[0]
+    for a, b in zip(rows1, rows8, strict=True):
+        assert a[:3] == b[:3], (a, b)
+        for x, y in zip(a[3:], b[3:], strict=True):
+            if x != y:  # the same sums in another order: rounding only
+                assert abs(float(x) - float(y)) <= exact_rtol(np.float64) * abs(float(y)), (a, b)
+
+
+@check("sensitivity-library-autodiff-route-devices")
+def _():
+    import importlib
+
+    module = importlib.import_module("jaxjac.sensitivity")  # jj.sensitivity is the function
+    real, meshes = module.sharded, []
+
+    def spy(fn, mesh, **kwargs):
+        meshes.append(mesh.size)
+        return real(fn, mesh, **kwargs)
+
+    params = _params((3, 6, 2), seed=6)
+    xs = np.asarray(_xs(30, seed=7))
+    one = jj.sensitivity(_cube_net, params, xs, chunk_size=11, hessian=True)
+    assert meshes == []
+    module.sharded = spy
+    try:
+        many = jj.sensitivity(_cube_net, params, xs, chunk_size=11, hessian=True, devices=N_DEVICES)
+    finally:
+        module.sharded = real
+    assert meshes and set(meshes) == {N_DEVICES}, meshes  # values, Jacobian, Hessian per chunk
+    assert one.route == many.route == "autodiff"
+    for name in ("mean_abs", "dgsm"):
+        a, b = getattr(one, name), getattr(many, name)
+        assert np.allclose(a, b, rtol=exact_rtol(np.float64), atol=0), name
+
+
+def _cube_net(params, x):
+    return jj.mlp_apply(params, x, "tanh") ** 3
 
 
 def main(out_path: str) -> None:
