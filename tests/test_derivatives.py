@@ -1,6 +1,7 @@
 """Autodiff helpers: known identities, layouts, batching, chunking, products, compile-once."""
 
 import functools
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -330,3 +331,17 @@ def test_partials_compile_once_per_function_and_options():
     assert len(traces) == first  # compiled once per (function, options), whatever the params
     jj.input_jacobian(functools.partial(net, scale=3.0), params, x)  # new option: new program
     assert len(traces) > first
+
+
+def test_out_buffer_is_reused_and_results_are_unchanged(net):
+    params, xs = net
+    helpers = (jj.batch_input_jacobian, jj.batch_input_hessian, jj.batch_weight_jacobian)
+    for helper, f in itertools.product(helpers, (_mlp_tanh, jj.mlp_function("tanh"))):
+        first = helper(f, params, xs)
+        expected = jax.tree_util.tree_map(jnp.copy, first)
+        again = helper(f, params, xs * 0.5, out=first)
+        assert all(leaf.is_deleted() for leaf in jax.tree_util.tree_leaves(first))  # donated
+        assert_close(again, helper(f, params, xs * 0.5), 0.0)
+        assert_close(helper(f, params, xs, out=again), expected, 0.0)
+    with pytest.raises(ValueError, match="out must have the result's layout"):
+        jj.batch_input_jacobian(_mlp_tanh, params, xs, out=jnp.zeros((7, 3, 5), F64))
