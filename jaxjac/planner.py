@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxjac import closed_form
+from jaxjac._chunks import map_chunks
 from jaxjac.activations import Activation, get_activation
 from jaxjac.nets import mlp_apply, validate_mlp_params
 
@@ -147,25 +148,6 @@ class _Route(NamedTuple):
     activation: Activation | None
 
 
-def _map_chunks(fn: Callable[[jax.Array], Any], xs: jax.Array, chunk_size: int | None) -> Any:
-    """``fn`` on ``xs`` whole, or on consecutive chunks of rows (and one remainder), stacked.
-
-    ``fn`` takes a batch: the closed form is written for batches, so chunking calls it on
-    ``(chunk_size, n_in)`` blocks in a sequential ``lax.map`` rather than vmapping one example.
-    """
-    batch = xs.shape[0]
-    if chunk_size is None or chunk_size >= batch:
-        return fn(xs)
-    n_full = batch // chunk_size
-    head = xs[: n_full * chunk_size].reshape(n_full, chunk_size, *xs.shape[1:])
-    out = jax.lax.map(fn, head)
-    out = jax.tree_util.tree_map(lambda a: a.reshape(n_full * chunk_size, *a.shape[2:]), out)
-    if n_full * chunk_size < batch:
-        tail = fn(xs[n_full * chunk_size :])
-        out = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b]), out, tail)
-    return out
-
-
 def _batched_program(f: Callable, params: Any, xs: jax.Array, route: _Route) -> Any:
     """The plain (un-jitted) batched computation a plan describes."""
     from jaxjac import derivatives as d  # derivatives imports this module lazily; no cycle
@@ -177,13 +159,13 @@ def _batched_program(f: Callable, params: Any, xs: jax.Array, route: _Route) -> 
             "input_hessian": lambda b: closed_form._hessian(params, b, act),
             "weight_jacobian": lambda b: closed_form._weight_jacobian(params, b, act),
         }
-        return _map_chunks(fns[route.task], xs, route.chunk_size)
+        return map_chunks(fns[route.task], xs, route.chunk_size)
     per_example = {
         "input_jacobian": lambda x: d._input_jacobian(f, params, x, route.mode),
         "input_hessian": lambda x: d._input_hessian(f, params, x),
         "weight_jacobian": lambda x: d._weight_jacobian(f, params, x, route.mode),
     }[route.task]
-    return _map_chunks(jax.vmap(per_example), xs, route.chunk_size)
+    return map_chunks(jax.vmap(per_example), xs, route.chunk_size)
 
 
 # --- planning ------------------------------------------------------------------------------

@@ -217,3 +217,12 @@ def test_chunked_contraction_matches(monkeypatch):
     monkeypatch.setattr(closed_form_module, "_CONTRACTION_BYTES", 1)
     got = closed_form_module._hessian(params, xs, jj.get_activation("tansig"))
     assert_close(got, _autodiff(params, xs, "tansig")["hessian"], REQUIRED_RTOL)
+
+
+def test_chunked_laplacian_matches(monkeypatch):
+    # A tiny cache budget forces the forward Laplacian through chunks of one row.
+    params, xs, _ = _network(8, sizes=[5, 8, 7, 2], batch=5)
+    monkeypatch.setattr(closed_form_module, "_LAPLACIAN_BYTES", 1)
+    got = closed_form_module._laplacian(params, xs, jj.get_activation("tansig"))
+    hess = _autodiff(params, xs, "tansig")["hessian"]
+    assert_close(got, jnp.trace(hess, axis1=-2, axis2=-1), REQUIRED_RTOL)
