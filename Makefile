@@ -2,7 +2,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-PYTEST_ARGS ?=
+# Two workers: the suite is dominated by XLA compilations, which run one per process.
+PYTEST_ARGS ?= -n 2
 
 .PHONY: demo test lint format bench bench-quick clean
 
@@ -17,6 +18,11 @@ $(VENV)/.installed-core: pyproject.toml | $(BIN)/python
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $@ $(VENV)/.installed-core
+
+# The optional peers: torch==2.13.0 (a CPU build on this machine's local disk) and folx.
+$(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[test,bench]'
+	touch $@ $(VENV)/.installed-test $(VENV)/.installed-core
 
 demo: $(VENV)/.installed-core
 	$(BIN)/jaxjac demo
@@ -33,6 +39,12 @@ lint: $(VENV)/.installed-test
 format: $(VENV)/.installed-test
 	$(BIN)/ruff format jaxjac tests benchmarks
 	$(BIN)/ruff check --fix jaxjac tests benchmarks
+
+bench: $(VENV)/.installed-bench
+	$(BIN)/python -m benchmarks.run
+
+bench-quick: $(VENV)/.installed-bench
+	$(BIN)/python -m benchmarks.run --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
