@@ -489,3 +489,18 @@ def test_partial_of_a_network_compiles_once_across_new_params():
         if seed == 0:
             first = len(traces)
     assert len(traces) == first
+
+
+def test_batch_laplacian_of_a_jaxjac_mlp_takes_the_closed_form(monkeypatch):
+    params = jj.mlp_init(jax.random.key(3), [4, 9, 7, 2], dtype=jnp.float64)
+    xs = jax.random.normal(jax.random.key(4), (6, 4), jnp.float64)
+    f = functools.partial(jj.mlp_apply, params, activation="softplus")
+    calls = []
+    real = closed_form._laplacian
+    monkeypatch.setattr(closed_form, "_laplacian", lambda *a: calls.append(1) or real(*a))
+    generic = jc.batch_laplacian(f, xs, method="vmap")  # second-order passes, no closed form
+    assert calls == []
+    for chunk in (None, 4):
+        fast = jc.batch_laplacian(f, xs, chunk_size=chunk)
+        assert_close(fast, generic, exact_rtol(jnp.float64))
+    assert calls  # traced through the closed form

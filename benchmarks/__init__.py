@@ -1,0 +1,1 @@
+"""Benchmark harness for jaxjac (issue 5): ``python -m benchmarks.run [--quick]``."""

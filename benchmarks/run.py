@@ -1,0 +1,858 @@
+r"""Benchmark runner (issue 5): ``python -m benchmarks.run [--quick] [--net small --task hessian]``.
+
+Protocol, per workload (net, batch, dtype) and task:
+
+1. The float64 reference is computed once (:func:`benchmarks.workloads.reference`), then JAX's
+   jit caches are cleared so every route's first call compiles.
+2. Routes run in library blocks: all JAX routes (jaxjac, closed form, naive, folx), then all torch
+   routes (torch threads = core count). Interleaving the two runtimes makes both ~2x slower here
+   (their spinning worker threads take the cores from each other, ANCHORS.md).
+3. Per route: the first call (compile + one run, or torch's warm-up) is timed on its own; its
+   result is checked against the reference (dtype, shapes, ``max|got - ref| / max|ref|`` within
+   ``4 sqrt(eps)``) *before* any timing counts; then warm-up calls, then ``--repeats`` timed calls,
+   each ending in ``jax.block_until_ready`` (torch on CPU is synchronous). Reported: median and the
+   interquartile range, min and max; ``compile s`` = first call - median run.
+4. Matmul peak in the same run: ``jit(jnp.dot)`` on 2048x2048 float32 and float64, ``2 n³`` FLOPs,
+   the fastest of several calls, at the start and at the end of the run (the larger counts); and
+   the bandwidth of ``jit(lambda a: 2 a)`` on 256 MiB (read + fresh write), for write-bound tasks.
+   ``% peak = flops / (median · peak)``, ``× floor = median / max(flops / peak, out bytes / bw)``.
+5. Peak memory: resident set size of a fresh subprocess (``--probe-memory``), which builds the
+   workload, calls the route once (compile + run), frees the result, then resets the kernel's
+   high-water mark (``echo 5 > /proc/self/clear_refs``) and calls it again: the reported
+   ``peak RSS`` is the high-water mark of that second call minus the RSS just before it, i.e.
+   what one call adds on top of the interpreter, the libraries, the inputs and the compiled
+   program. glibc's mmap threshold is pinned at 64 KiB (``MALLOC_MMAP_THRESHOLD_``) so freed
+   buffers go back to the kernel instead of a heap that would hide the second call's use.
+   tracemalloc sees none of XLA's buffers, and ``getrusage`` alone would count compilation.
+
+Exit status 0 even when targets fail (they are reported); 1 if a route gave a wrong result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import datetime
+import gc
+import importlib.metadata
+import inspect
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+jax.config.update("jax_enable_x64", True)  # for the references; every route keeps its own dtype
+
+import jaxjac as jj  # noqa: E402
+from benchmarks import workloads as W  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+GiB = 2**30
+# Issue 5's headline workload: the targets are judged on it, for each MLP.
+TARGET_BATCH, TARGET_DTYPE = 256, "float32"
+# The memory/chunking target: a Hessian batch whose naive vmap exceeds the budget.
+MEMORY_CASE = {"net": "small", "batch": 1024, "dtype": "float32", "budget": 256 * 2**20}
+
+
+# --- machine ----------------------------------------------------------------------------------
+
+
+def _version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    flags = ""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        flags = "avx512f" if "avx512f" in text else ("avx2" if "avx2" in text else "")
+    except OSError:
+        pass
+    try:
+        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        mem = None
+    return {
+        "cpu": cpu,
+        "simd": flags,
+        "cores": os.cpu_count(),
+        "memory_bytes": mem,
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "jaxlib": _version("jaxlib"),
+        "jaxjac": jj.__version__,
+        "torch": _version("torch"),
+        "folx": _version("folx"),
+        "numpy": np.__version__,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "loadavg_start": os.getloadavg(),
+    }
+
+
+def _best_time(fn, repeats: int) -> float:
+    jax.block_until_ready(fn())
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def measure_peak(repeats: int) -> dict[str, float]:
+    """Matmul GFLOP/s per dtype and copy bandwidth in GB/s, each from the fastest of ``repeats``.
+
+    The fastest call, not the median: a peak is what the machine can do, and on a shared machine
+    the median of a 0.1 s matmul mostly measures the neighbours. Measured at the start and the
+    end of a run; the report uses the larger of the two.
+    """
+    out: dict[str, float] = {}
+    n = 2048
+    dot = jax.jit(jnp.dot)
+    for name, dtype in W.DTYPES.items():
+        a = jax.random.normal(jax.random.PRNGKey(2), (n, n), dtype)
+        b = jax.random.normal(jax.random.PRNGKey(3), (n, n), dtype)
+        out[f"gflops_{name}"] = 2 * n**3 / _best_time(lambda a=a, b=b: dot(a, b), repeats) / 1e9
+    x = jnp.ones((2**26,), jnp.float32)
+    double = jax.jit(lambda a: 2 * a)
+    out["copy_gbps"] = 2 * x.nbytes / _best_time(lambda: double(x), repeats) / 1e9
+    return out
+
+
+# --- timing -------------------------------------------------------------------------------------
+
+
+def _block(route: W.Route):
+    return (lambda out: out) if route.lib == "torch" else jax.block_until_ready
+
+
+def time_route(
+    route: W.Route, wl: W.Workload, ref: list, *, repeats: int, min_repeats: int, budget_s: float
+):
+    """Run one route: first call, correctness check, warm-up, timed repeats. Returns a record."""
+    block = _block(route)
+    fn = route.make(wl)
+    t0 = time.perf_counter()
+    out = block(fn())
+    first = time.perf_counter() - t0
+    leaves = route.leaves(out)
+    dtypes = {str(np.asarray(leaf).dtype) for leaf in leaves}
+    err = W.rel_error(leaves, ref)
+    tol = W.tolerance(wl.dtype)
+    del out, leaves
+    rec: dict[str, Any] = {"first_call_s": first, "error": err, "tolerance": tol}
+    # Sensitivity statistics are float64 host sums by design; everything else keeps the dtype.
+    wrong_dtype = route.leaves is not W._sens_leaves and dtypes != {wl.dtype}
+    if not err <= tol or wrong_dtype:
+        rec["status"] = "wrong"
+        rec["note"] = f"error {err:.2g} > tol {tol:.2g}" if not err <= tol else f"dtype {dtypes}"
+        return rec
+    # Warm-up after the first call: three for fast routes (the first route after a float64
+    # reference also re-maps freed memory), one above 0.2 s, none above 1 s.
+    for _ in range(0 if first > 1 else 1 if first > 0.2 else 3):
+        block(fn())
+    times: list[float] = []
+    while len(times) < repeats:
+        t0 = time.perf_counter()
+        block(fn())
+        times.append(time.perf_counter() - t0)
+        if len(times) >= min_repeats and sum(times) > budget_s:
+            break
+    q1, med, q3 = np.percentile(times, [25, 50, 75])
+    rec.update(
+        status="ok",
+        times_s=times,
+        median_s=float(med),
+        p25_s=float(q1),
+        p75_s=float(q3),
+        min_s=min(times),
+        max_s=max(times),
+        compile_s=max(0.0, first - float(med)),
+    )
+    return rec
+
+
+# --- memory (fresh subprocess per measurement) --------------------------------------------------
+
+
+def _proc_status(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
+def _memory_callable(spec: dict, wl: W.Workload):
+    """The callable a memory probe measures: a route by name, or a memory-target variant."""
+    variant = spec.get("variant")
+    if variant == "chunk_size":
+        return lambda: jj.batch_input_hessian(W.net, wl.params, wl.xs, chunk_size=spec["chunk"])
+    if variant == "max_memory_bytes":
+        return lambda: jj.batch_input_hessian(
+            W.net, wl.params, wl.xs, max_memory_bytes=spec["budget"]
+        )
+    route = next(r for r in W.routes(spec["task"]) if r.name == spec["route"])
+    return route.make(wl)
+
+
+def probe_memory(spec: dict) -> dict:
+    """Child side of a memory measurement (see the module docstring); prints one JSON line."""
+    if spec.get("lib") == "torch":
+        import torch
+
+        torch.set_num_threads(os.cpu_count() or 1)
+    wl = W.make_workload(spec["net"], W.task_batch(spec["task"], spec["batch"]), spec["dtype"])
+    fn = _memory_callable(spec, wl)
+    block = (lambda o: o) if spec.get("lib") == "torch" else jax.block_until_ready
+    out = block(fn())
+    del out
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+    before = _proc_status("VmRSS")
+    reset = True
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        reset = False  # fall back to the process-wide high-water mark (includes compilation)
+    out = block(fn())
+    hwm = _proc_status("VmHWM")
+    result = {"rss_before": before, "hwm": hwm, "run_bytes": hwm - before, "reset": reset}
+    if spec.get("check"):
+        ref, _ = W.reference(spec["task"], wl)
+        leaves = jax.tree_util.tree_leaves(out) if spec.get("lib") != "torch" else out
+        result["error"] = W.rel_error([np.asarray(x) for x in leaves], ref)
+    print(json.dumps(result))
+    return result
+
+
+def measure_memory(spec: dict, timeout: float = 600) -> dict:
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", PYTHONPATH=str(HERE.parent))
+    cmd = [sys.executable, "-m", "benchmarks.run", "--probe-memory", json.dumps(spec)]
+    try:
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=HERE.parent
+        )
+    except subprocess.TimeoutExpired:
+        return {"error_text": f"timed out after {timeout} s"}
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        return {"error_text": f"exit {proc.returncode}: {tail[0][:200]}"}
+    return json.loads(lines[-1])
+
+
+def memory_target() -> dict:
+    """Naive vmap(hessian) vs jaxjac chunked under a budget, each in a fresh subprocess."""
+    case = dict(MEMORY_CASE)
+    wl = W.make_workload(case["net"], 1, case["dtype"])
+    per_example = W._mem_second_order(1)(wl)  # estimated naive bytes per example
+    chunk = 1
+    while chunk * 2 * per_example <= case["budget"] / 4:
+        chunk *= 2  # a power of two whose estimate uses a quarter of the budget
+    base = {"task": "hessian", "net": case["net"], "batch": case["batch"], "dtype": case["dtype"]}
+    variants = [
+        ("vmap(hessian)", {"route": "vmap(hessian)"}),
+        (f"jaxjac chunk_size={chunk}", {"variant": "chunk_size", "chunk": chunk}),
+    ]
+    if "max_memory_bytes" in inspect.signature(jj.batch_input_hessian).parameters:
+        variants.append(
+            (
+                f"jaxjac max_memory_bytes={case['budget'] // 2**20} MiB",
+                {"variant": "max_memory_bytes"},
+            )
+        )
+    rows = []
+    for name, extra in variants:
+        t0 = time.perf_counter()
+        res = measure_memory({**base, **extra, "budget": case["budget"], "check": True})
+        res.update(name=name, wall_s=time.perf_counter() - t0)
+        rows.append(res)
+        print(f"  memory  {name:<40} {_fmt_bytes(res.get('run_bytes'))}", flush=True)
+    naive = rows[0].get("run_bytes")
+    bounded = [r for r in rows[1:] if r.get("run_bytes") is not None]
+    ok = (
+        naive is not None
+        and naive > case["budget"]
+        and bool(bounded)
+        and all(
+            r["run_bytes"] <= case["budget"] and r.get("error", 1) <= W.tolerance(case["dtype"])
+            for r in bounded
+        )
+    )
+    return {**case, "chunk": chunk, "rows": rows, "pass": ok}
+
+
+def compile_target() -> dict:
+    """Compile time of the closed-form Hessian of a depth-8 MLP (issue 5: under 2 s)."""
+    sizes = [32] + [256] * 7 + [8]
+    params = jj.mlp_init(jax.random.PRNGKey(0), sizes, dtype=jnp.float32)
+    xs = jnp.ones((256, 32), jnp.float32)
+    jax.clear_caches()
+    t0 = time.perf_counter()
+    jj.closed_form.mlp_hessian.lower(params, xs).compile()
+    return {"sizes": sizes, "compile_s": time.perf_counter() - t0}
+
+
+# --- the grid -----------------------------------------------------------------------------------
+
+
+def build_plan(args) -> list[tuple[str, int, str, list[str]]]:
+    """``(net, batch, dtype, tasks)``; the square net serves log|det J| only."""
+    if args.quick:
+        plan = [
+            ("small", 256, "float32", [t for t in W.TASKS if t not in ("logdet", "sensitivity")]),
+            ("square", 256, "float32", ["logdet"]),
+            ("small", W.SENSITIVITY_SAMPLES, "float32", ["sensitivity"]),
+            ("wide", 256, "float32", ["jacobian"]),
+        ]
+    else:
+        plan = []
+        for dtype in args.dtype:
+            for net in args.net:
+                for batch in args.batch:
+                    tasks = [t for t in args.task if t not in ("logdet", "sensitivity")]
+                    if tasks:
+                        plan.append((net, batch, dtype, tasks))
+                if "sensitivity" in args.task:
+                    plan.append((net, W.SENSITIVITY_SAMPLES, dtype, ["sensitivity"]))
+            if "logdet" in args.task:
+                plan += [("square", batch, dtype, ["logdet"]) for batch in args.batch]
+    if args.quick and set(args.task) != set(W.TASKS):
+        plan = [(n, b, d, [t for t in ts if t in args.task]) for n, b, d, ts in plan]
+        plan = [p for p in plan if p[3]]
+    return plan
+
+
+def run_task(net, batch, dtype, task, args, peak, lib) -> list[dict]:
+    wl = W.make_workload(net, W.task_batch(task, batch), dtype)
+    label = f"{net} B={wl.batch} {dtype}"
+    base = {"net": net, "sizes": wl.sizes, "batch": wl.batch, "dtype": dtype, "task": task}
+    budget = args.mem_budget_gb * GiB
+    ref_bytes = W.output_bytes(task, wl, 8) + W.output_bytes(task, wl)
+    if ref_bytes > budget:
+        note = (
+            f"skipped: the float64 reference and one {dtype} result need "
+            f"{ref_bytes / GiB:.1f} GiB > budget {args.mem_budget_gb:g} GiB"
+        )
+        if lib != "jax":
+            return []  # reported once, in the JAX pass
+        print(f"{label:<24} {task:<18} {note}", flush=True)
+        return [{**base, "route": "(all)", "family": "-", "status": "skipped", "note": note}]
+    t0 = time.perf_counter()
+    ref, self_err = W.reference(task, wl)
+    ref_s = time.perf_counter() - t0
+    if self_err > 1e-10:
+        raise RuntimeError(f"{label} {task}: float64 reference disagrees with autodiff: {self_err}")
+    jax.clear_caches()
+    flops = W.flops_per_example(task, wl.sizes) * wl.batch
+    out_bytes = W.output_bytes(task, wl)
+    records = []
+    all_routes = W.routes(task)
+    # One library per call: main() runs every JAX block before any torch block.
+    for route in (r for r in all_routes if r.lib == lib):
+        rec = {**base, "route": route.name, "family": route.family, "lib": lib}
+        rec.update(flops=flops, output_bytes=out_bytes, reference_s=ref_s)
+        why = W.route_unavailable(route)
+        est = route.mem(wl)
+        if why is None and est > budget:
+            why = f"estimated peak {est / GiB:.1f} GiB > budget {args.mem_budget_gb:g} GiB"
+        if why is not None:
+            rec.update(status="skipped", note=why)
+        else:
+            try:
+                timing = time_route(
+                    route,
+                    wl,
+                    ref,
+                    repeats=args.repeats,
+                    min_repeats=2 if args.quick else 3,
+                    budget_s=args.route_budget_s,
+                )
+                rec.update(timing)
+            except Exception as exc:  # a failing route is a result, not a crash
+                rec.update(status="failed", note=f"{type(exc).__name__}: {str(exc)[:200]}")
+        records.append(rec)
+        print(_line(label, task, rec, peak), flush=True)
+        if lib == "torch":
+            gc.collect()
+    if args.memory == "all":
+        for rec in records:
+            if rec.get("status") == "ok" and task != "sensitivity":
+                spec = {**base, "batch": batch, "route": rec["route"], "lib": rec["lib"]}
+                res = measure_memory(spec)
+                rec["peak_rss_bytes"] = res.get("run_bytes")
+                if "error_text" in res:
+                    rec["memory_note"] = res["error_text"]
+    return records
+
+
+def _add_ratios(records: list[dict]) -> None:
+    ok = [r for r in records if r.get("status") == "ok"]
+    naive = [r["median_s"] for r in ok if r["family"] == "naive"]
+    torch = [r["median_s"] for r in ok if r["family"] == "torch"]
+    for r in ok:
+        if naive:
+            r["vs_best_naive"] = min(naive) / r["median_s"]
+        if torch:
+            r["vs_best_torch"] = min(torch) / r["median_s"]
+
+
+def _fmt_ms(s: float | None) -> str:
+    if s is None:
+        return "-"
+    ms = 1e3 * s
+    return f"{ms:.3g}" if ms < 100 else f"{ms:.0f}"
+
+
+def _fmt_bytes(b: float | None) -> str:
+    if b is None:
+        return "-"
+    return f"{b / 2**20:.0f} MiB" if b < GiB else f"{b / GiB:.2f} GiB"
+
+
+def _line(label: str, task: str, rec: dict, peak: dict) -> str:
+    head = f"{label:<24} {task:<18} {rec['route']:<30}"
+    if rec.get("status") != "ok":
+        return f"{head} {rec.get('status', '?').upper()}: {rec.get('note', '')}"
+    pct = 100 * rec["flops"] / (peak[f"gflops_{rec['dtype']}"] * 1e9) / rec["median_s"]
+    return (
+        f"{head} {_fmt_ms(rec['median_s']):>7} ms [{_fmt_ms(rec['p25_s'])}-{_fmt_ms(rec['p75_s'])}]"
+        f"  compile {rec['compile_s']:.2f} s  err {rec['error']:.1e}  {pct:.0f}% peak"
+    )
+
+
+def add_peak_fractions(records: list[dict], peak: dict) -> None:
+    """``pct_peak`` and ``x_floor`` of every timed record, from the run's final peak figures."""
+    for r in records:
+        if r.get("status") != "ok":
+            continue
+        gflops = peak[f"gflops_{r['dtype']}"] * 1e9
+        r["floor_s"] = max(r["flops"] / gflops, r["output_bytes"] / (peak["copy_gbps"] * 1e9))
+        r["pct_peak"] = 100 * r["flops"] / gflops / r["median_s"]
+        r["x_floor"] = r["median_s"] / r["floor_s"]
+
+
+# --- targets and reports ------------------------------------------------------------------------
+
+
+def _find(records, net, task, route, batch=TARGET_BATCH, dtype=TARGET_DTYPE):
+    if task == "weight_jacobian":
+        batch = W.task_batch(task, batch)
+    for r in records:
+        if (r["net"], r["task"], r["route"], r["batch"], r["dtype"]) == (
+            net,
+            task,
+            route,
+            batch,
+            dtype,
+        ):
+            return r if r.get("status") == "ok" else None
+    return None
+
+
+def evaluate_targets(records: list[dict], extra: dict) -> list[dict]:
+    """Issue 5's targets on the headline workload (B = 256, float32) of each MLP."""
+    specs = [
+        # (task, jaxjac route, baseline route or "best naive", threshold, what)
+        ("jacobian", "jaxjac auto", "best naive", 0.95, "≥ 0.95x best naive JAX"),
+        ("jacobian", "jaxjac auto", "torch vmap(jacrev)", 2, "≥ 2x faster than torch vmap(jacrev)"),
+        ("hessian", "jaxjac auto", "vmap(hessian)", 4, "≥ 4x faster than vmap(hessian)"),
+        ("hessian", "jaxjac auto", "torch vmap(hessian)", 8, "≥ 8x faster than torch"),
+        ("hessian", "jaxjac auto", "floor", 0.5, "within 2x of the FLOP floor"),
+        (
+            "laplacian",
+            "jaxjac auto",
+            "trace(vmap(hessian))",
+            10,
+            "≥ 10x faster than trace(hessian)",
+        ),
+        ("laplacian", "jaxjac auto", "folx forward_laplacian", 1, "faster than folx"),
+        # Weight Jacobians and per-example gradients: jaxjac's streaming form, out= (the memory
+        # of the previous result is reused); the table lists the fresh-allocation route too.
+        ("weight_jacobian", "jaxjac auto, out=", "vmap(jacrev wrt params)", 1, "≥ 1x vmap(jacrev)"),
+        (
+            "weight_jacobian",
+            "jaxjac auto, out=",
+            "torch vmap(jacrev wrt params)",
+            1.2,
+            "≥ 1.2x faster than torch",
+        ),
+        (
+            "per_example_grads",
+            "jaxjac weight_jacobian(loss), out=",
+            "vmap(grad)",
+            1,
+            "≥ 1x vmap(grad)",
+        ),
+        (
+            "per_example_grads",
+            "jaxjac weight_jacobian(loss), out=",
+            "torch vmap(grad)",
+            1.2,
+            "≥ 1.2x faster than torch",
+        ),
+    ]
+    out = []
+    for net in ("small", "wide"):
+        headline = [
+            r
+            for r in records
+            if r["net"] == net and r["dtype"] == TARGET_DTYPE and r["batch"] in (TARGET_BATCH, 32)
+        ]
+        for task, ours, base, threshold, what in specs:
+            if not any(r["task"] == task for r in headline):
+                continue  # not in this run at all: listed once in the report, not per target
+            row = {"net": net, "task": task, "target": what, "threshold": threshold}
+            mine = _find(records, net, task, ours)
+            if base == "best naive":
+                cands = [
+                    r
+                    for r in records
+                    if (r["net"], r["task"], r["dtype"]) == (net, task, TARGET_DTYPE)
+                    and r["batch"] == W.task_batch(task, TARGET_BATCH)
+                    and r["family"] == "naive"
+                    and r.get("status") == "ok"
+                ]
+                other = min(cands, key=lambda r: r["median_s"]) if cands else None
+            elif base == "floor":
+                other = {"median_s": mine["floor_s"], "route": "FLOP floor"} if mine else None
+            else:
+                other = _find(records, net, task, base)
+            if mine is None or other is None:
+                row.update(status="NOT MEASURED", ratio=None)
+            else:
+                ratio = other["median_s"] / mine["median_s"]
+                row.update(
+                    ratio=ratio,
+                    ours_ms=1e3 * mine["median_s"],
+                    base_ms=1e3 * other["median_s"],
+                    base_route=other["route"],
+                    status="PASS" if ratio >= threshold else "FAIL",
+                )
+            out.append(row)
+    mem = extra.get("memory_target")
+    if mem:
+        out.append(
+            {
+                "net": mem["net"],
+                "task": "hessian (memory)",
+                "target": f"B={mem['batch']} within {mem['budget'] // 2**20} MiB by chunking",
+                "status": "PASS" if mem["pass"] else "FAIL",
+                "ratio": None,
+            }
+        )
+    comp = extra.get("compile_target")
+    if comp:
+        out.append(
+            {
+                "net": "depth 8",
+                "task": "hessian (compile)",
+                "target": "closed-form Hessian compiles in < 2 s",
+                "status": "PASS" if comp["compile_s"] < 2 else "FAIL",
+                "ratio": None,
+                "ours_ms": 1e3 * comp["compile_s"],
+            }
+        )
+    return out
+
+
+def _cell(x: float | None, fmt: str) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
+
+
+def write_markdown(path: Path, data: dict) -> None:
+    m, peak = data["machine"], data["peak"]
+    lines = [
+        "# jaxjac benchmarks",
+        "",
+        f"Generated by `{data['command']}` on {m['date']}.",
+        "",
+        f"- Machine: {m['cpu']} ({m['simd']}), {m['cores']} cores, "
+        f"{_fmt_bytes(m['memory_bytes'])}; load average {m['loadavg_start'][0]:.2f} at start, "
+        f"{m['loadavg_end'][0]:.2f} at end.",
+        f"- Versions: python {m['python']}, jax {m['jax']}, jaxlib {m['jaxlib']}, jaxjac "
+        f"{m['jaxjac']}, torch {m['torch'] or 'absent'}, folx {m['folx'] or 'absent'}.",
+        f"- Measured in this run: matmul peak {peak['gflops_float32']:.0f} GFLOP/s float32, "
+        f"{peak['gflops_float64']:.0f} GFLOP/s float64 (2048³ `jnp.dot`, median); copy "
+        f"{peak['copy_gbps']:.1f} GB/s (read + fresh write).",
+        f"- {data['repeats']} timed calls per route after warm-up (fewer where a route exceeds "
+        f"{data['route_budget_s']:g} s in all); results checked against float64 before timing.",
+        "",
+        "Columns: `compile s` = first call - median; `median ms` and the interquartile range; "
+        "`vs naive` = best naive JAX median / this median and `vs torch` = best torch.func "
+        "median / this median (> 1: this route is faster); `% peak` = stated FLOPs / (median x "
+        "matmul peak); `x floor` = median / max(FLOPs / peak, output bytes / copy bandwidth); "
+        "`peak RSS` = memory one call adds (fresh subprocess); `error` = max|got - ref| / "
+        "max|ref| against float64.",
+        "",
+        "## Targets (issue 5; B = 256 float32, the weight Jacobian at B = 32)",
+        "",
+        "| net | task | target | jaxjac ms | baseline | ratio | status |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for t in data["targets"]:
+        base = (
+            f"{t['base_route']} {t['base_ms']:.3g} ms"
+            if t.get("base_route") and t["base_route"] != "FLOP floor"
+            else (f"floor {t['base_ms']:.3g} ms" if t.get("base_ms") else "-")
+        )
+        lines.append(
+            f"| {t['net']} | {t['task']} | {t['target']} | {_cell(t.get('ours_ms'), '.3g')} | "
+            f"{base} | {_cell(t.get('ratio'), '.2f')} | {t['status']} |"
+        )
+    measured = {(t["net"], t["task"]) for t in data["targets"]}
+    missing = [
+        f"{net} {task}"
+        for net in ("small", "wide")
+        for task in W.TASKS[:5]
+        if (net, task) not in measured
+    ]
+    lines += [
+        "",
+        "For the floor row the ratio is floor / median (≥ 0.5 passes). NOT MEASURED: a route "
+        "was skipped or failed (see its note below).",
+    ]
+    if missing:
+        lines.append(
+            f"Not in this run (B = {TARGET_BATCH}, {TARGET_DTYPE}): {', '.join(missing)}; "
+            "`python -m benchmarks.run` (the full grid) measures them."
+        )
+    mem = data.get("memory_target")
+    if mem:
+        lines += [
+            "",
+            f"## Memory: batched Hessian, {mem['net']} net, B = {mem['batch']}, {mem['dtype']}, "
+            f"budget {mem['budget'] // 2**20} MiB",
+            "",
+            "| route | peak RSS of one call | error | wall s |",
+            "|---|---|---|---|",
+        ]
+        for r in mem["rows"]:
+            err = _cell(r.get("error"), ".1e")
+            note = r.get("error_text", "")
+            lines.append(
+                f"| {r['name']} | {_fmt_bytes(r.get('run_bytes'))} {note} | {err} | "
+                f"{r['wall_s']:.1f} |"
+            )
+        lines.append(
+            f"\nChunked within budget while the naive vmap exceeds it: "
+            f"**{'PASS' if mem['pass'] else 'FAIL'}**."
+        )
+    comp = data.get("compile_target")
+    if comp:
+        lines += [
+            "",
+            f"Compile time of `closed_form.mlp_hessian` on {comp['sizes']} (B = 256 float32, "
+            f"`lower().compile()`): {comp['compile_s']:.2f} s.",
+        ]
+    groups: dict[tuple, list[dict]] = {}
+    for r in data["records"]:
+        groups.setdefault(
+            (
+                r["net"],
+                r["dtype"],
+                r["batch"]
+                if r["task"] != "weight_jacobian"
+                else r["batch"] * 8
+                if r["batch"] > 1
+                else 1,
+            ),
+            [],
+        ).append(r)
+    for (net, dtype, batch), recs in groups.items():
+        lines += [
+            "",
+            f"## {net} {W.NETS[net]}, B = {batch}, {dtype}",
+            "",
+            "| task | route | compile s | median ms | IQR ms | vs naive | vs torch | % peak | "
+            "x floor | peak RSS | error | note |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in recs:
+            task = r["task"] + (f" (B={r['batch']})" if r["task"] == "weight_jacobian" else "")
+            if r.get("status") != "ok":
+                lines.append(
+                    f"| {task} | {r['route']} | | | | | | | | | | "
+                    f"{r.get('status')}: {r.get('note', '')} |"
+                )
+                continue
+            lines.append(
+                f"| {task} | {r['route']} | {r['compile_s']:.2f} | {_fmt_ms(r['median_s'])} | "
+                f"{_fmt_ms(r['p25_s'])}-{_fmt_ms(r['p75_s'])} | "
+                f"{_cell(r.get('vs_best_naive'), '.2f')} | "
+                f"{_cell(r.get('vs_best_torch'), '.2f')} | {r['pct_peak']:.0f} | "
+                f"{r['x_floor']:.1f} | {_fmt_bytes(r.get('peak_rss_bytes'))} | "
+                f"{r['error']:.1e} | {r.get('memory_note', '')} |"
+            )
+    lines += [
+        "",
+        "## FLOP counts",
+        "",
+        "```",
+        W.__doc__.split("**FLOP counts**")[1].split("**Memory")[0].strip(),
+        "```",
+        "",
+    ]
+    path.write_text("\n".join(lines))
+
+
+def write_plot(path: Path, records: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in records if r.get("status") == "ok"]
+    head = [r for r in ok if r["dtype"] == TARGET_DTYPE and r["net"] in ("small", "wide", "square")]
+    groups: dict[tuple, list[dict]] = {}
+    for r in head or ok:
+        groups.setdefault((r["net"], r["task"], r["batch"], r["dtype"]), []).append(r)
+    keys = sorted(groups, key=lambda k: (k[0], W.TASKS.index(k[1]), k[2]))[:24]
+    if not keys:
+        return
+    cols = min(4, len(keys))
+    rows = math.ceil(len(keys) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 2.6 * rows), squeeze=False)
+    colors = {"jaxjac": "C0", "closed": "C1", "naive": "C7", "folx": "C2", "torch": "C3"}
+    for ax, key in zip(axes.flat, keys, strict=False):
+        recs = groups[key]
+        ax.barh(
+            [r["route"] for r in recs],
+            [1e3 * r["median_s"] for r in recs],
+            color=[colors[r["family"]] for r in recs],
+        )
+        ax.set_xscale("log")
+        ax.invert_yaxis()
+        ax.set_title(f"{key[0]} {key[1]} B={key[2]} {key[3]}", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.set_xlabel("median ms (log)", fontsize=7)
+    for ax in list(axes.flat)[len(keys) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --- main -----------------------------------------------------------------------------------------
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n")[0])
+    p.add_argument(
+        "--quick", action="store_true", help="the under-3-minute subset (make bench-quick)"
+    )
+    p.add_argument("--net", nargs="+", default=["small", "wide"], choices=["small", "wide"])
+    p.add_argument("--batch", nargs="+", type=int, default=[1, 256, 4096])
+    p.add_argument("--dtype", nargs="+", default=["float32", "float64"], choices=list(W.DTYPES))
+    p.add_argument("--task", nargs="+", default=list(W.TASKS), choices=list(W.TASKS))
+    p.add_argument("--repeats", type=int, default=None, help="timed calls per route")
+    p.add_argument("--route-budget-s", type=float, default=None, help="stop repeating after this")
+    p.add_argument("--mem-budget-gb", type=float, default=8.0, help="skip routes estimated above")
+    p.add_argument(
+        "--memory",
+        choices=["none", "target", "all"],
+        default=None,
+        help="peak RSS subprocesses: none, the chunking target only (quick), or every route",
+    )
+    p.add_argument("--out", type=Path, default=HERE, help="folder for results.json/.md/.png")
+    p.add_argument("--probe-memory", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.repeats is None:
+        args.repeats = 5 if args.quick else 10
+    if args.route_budget_s is None:
+        args.route_budget_s = 2.0 if args.quick else 30.0
+    if args.memory is None:
+        args.memory = "target" if args.quick else "all"
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.probe_memory:
+        probe_memory(json.loads(args.probe_memory))
+        return 0
+    start = time.perf_counter()
+    if W.torch_available():
+        import torch
+
+        torch.set_num_threads(os.cpu_count() or 1)
+    machine = machine_info()
+    peak = measure_peak(3 if args.quick else 10)
+    print(
+        f"{machine['cpu']}, {machine['cores']} cores, load {machine['loadavg_start'][0]:.2f}; "
+        f"peak {peak['gflops_float32']:.0f} GFLOP/s f32, {peak['gflops_float64']:.0f} f64, "
+        f"copy {peak['copy_gbps']:.1f} GB/s",
+        flush=True,
+    )
+    records: list[dict] = []
+    # All JAX routes of every workload first, then all torch routes: each runtime's spinning
+    # worker threads take the two cores from the other (ANCHORS), so the blocks never alternate.
+    plan = build_plan(args)
+    for lib in ("jax", "torch"):
+        for net, batch, dtype, tasks in plan:
+            for task in tasks:
+                records += run_task(net, batch, dtype, task, args, peak, lib)
+    groups: dict[tuple, list[dict]] = {}
+    for rec in records:
+        groups.setdefault((rec["net"], rec["batch"], rec["dtype"], rec["task"]), []).append(rec)
+    for group in groups.values():
+        _add_ratios(group)
+    extra: dict[str, Any] = {}
+    if args.memory != "none":
+        print("memory target (fresh subprocesses):", flush=True)
+        extra["memory_target"] = memory_target()
+    extra["compile_target"] = compile_target()
+    machine["loadavg_end"] = os.getloadavg()
+    peak_end = measure_peak(3 if args.quick else 10)
+    peak = {k: max(v, peak_end[k]) for k, v in peak.items()}
+    add_peak_fractions(records, peak)
+    argv_str = " ".join(sys.argv[1:]) if argv is None else " ".join(argv)
+    data = {
+        "command": f"python -m benchmarks.run {argv_str}".strip(),
+        "machine": machine,
+        "peak": peak,
+        "repeats": args.repeats,
+        "route_budget_s": args.route_budget_s,
+        "mem_budget_gb": args.mem_budget_gb,
+        "records": records,
+        **extra,
+        "targets": evaluate_targets(records, extra),
+        "wall_s": time.perf_counter() - start,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(data, indent=1, default=float))
+    write_markdown(args.out / "RESULTS.md", data)
+    write_plot(args.out / "results.png", records)
+    print("\nTargets:")
+    for t in data["targets"]:
+        ratio = _cell(t.get("ratio"), ".2f")
+        print(f"  {t['status']:<12} {t['net']:<7} {t['task']:<20} {t['target']:<40} {ratio}")
+    print(f"wrote {args.out}/results.json, RESULTS.md, results.png in {data['wall_s']:.0f} s")
+    return 1 if any(r.get("status") == "wrong" for r in records) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
