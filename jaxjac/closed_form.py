@@ -115,7 +115,7 @@ def _mm(a: jax.Array, w: jax.Array) -> jax.Array:
     return (a.reshape(-1, a.shape[-1]) @ w).reshape(*a.shape[:-1], w.shape[-1])
 
 
-def _input_side(params, d1, batch):
+def _input_side(params, d1):
     """Transposed pre-activation Jacobians ``Jz_lᵀ = ∂z_l/∂x ᵀ`` for every hidden layer.
 
     Layout ``(B, n_in, h_l)``: the ``n_in`` input directions are rows, so each layer is one tall
@@ -125,7 +125,6 @@ def _input_side(params, d1, batch):
     jts = [params[0]["W"].T]
     for layer, s in zip(params[1:-1], d1[:-1], strict=True):
         jts.append(_mm(jts[-1] * s[:, None, :], layer["W"].T))
-    del batch
     return jts
 
 
@@ -146,7 +145,7 @@ def _jacobian(params, x, act, mode="auto"):
         # Carry the n_in columns (as rows, see _input_side) from the input to the output.
         if len(params) == 1:
             return jnp.broadcast_to(params[0]["W"], (batch, *params[0]["W"].shape))
-        jt = _input_side(params, fw.d1, batch)[-1]
+        jt = _input_side(params, fw.d1)[-1]
         jt = _mm(jt * fw.d1[-1][:, None, :], params[-1]["W"].T)  # (B, n_in, n_out)
         return jnp.swapaxes(jt, 1, 2)
     raise ValueError(f"mode must be 'auto', 'fwd' or 'rev', got {mode!r}")
@@ -204,7 +203,7 @@ def _hessian(params, x, act):
         return jnp.zeros((batch, n_out, n_in, n_in), x.dtype)
     deltas = _output_adjoints(params, fw.d1, batch)
     cs = [delta * s2[:, None, :] for delta, s2 in zip(deltas, fw.d2, strict=True)]  # σ'' ⊙ δ
-    jts = _input_side(params, fw.d1, batch)
+    jts = _input_side(params, fw.d1)
     # Layer 1: Jz_1 = W_1 is shared by all examples, so H_1[b,k] = Σ_h c[b,k,h] W_1[h]ᵀ W_1[h]
     # is one large GEMM against the packed upper triangle of the outer products W_1[h] W_1[h]ᵀ.
     w1 = params[0]["W"]

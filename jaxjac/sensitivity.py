@@ -68,6 +68,7 @@ from jaxjac import closed_form
 from jaxjac.activations import Activation, get_activation
 from jaxjac.derivatives import batch_input_hessian, batch_input_jacobian
 from jaxjac.nets import mlp_apply, validate_mlp_params
+from jaxjac.planner import mlp_activation
 from jaxjac.sharding import make_mesh, sharded
 
 __all__ = [
@@ -437,22 +438,8 @@ def mlp_function(activation: str | Activation = "tansig") -> Fn:
     return functools.partial(mlp_apply, activation=name)
 
 
-def _mlp_activation(f: Fn) -> str | Activation | None:
-    """The activation if ``f`` is the jaxjac MLP (``mlp_apply`` or a partial of it), else None."""
-    if f is mlp_apply:
-        return "tansig"
-    if (
-        isinstance(f, functools.partial)
-        and f.func is mlp_apply
-        and not f.args
-        and set(f.keywords) <= {"activation"}
-    ):
-        return f.keywords.get("activation", "tansig")
-    return None
-
-
 def _resolve_route(f: Fn, params: Any, route: str) -> tuple[str, str | Activation | None]:
-    activation = _mlp_activation(f)
+    activation = mlp_activation(f)
     if route not in ("auto", "closed_form", "autodiff"):
         raise ValueError(f"route must be 'auto', 'closed_form' or 'autodiff', got {route!r}")
     if route == "closed_form" and activation is None:
