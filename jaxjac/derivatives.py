@@ -139,14 +139,6 @@ def _map_batch(fn: Callable[[jax.Array], Any], xs: jax.Array, chunk_size: int | 
     return jax.lax.map(fn, xs, batch_size=chunk_size)
 
 
-def _batch_input_jacobian(f, params, xs, mode="auto", chunk_size=None):
-    return _map_batch(lambda x: _input_jacobian(f, params, x, mode), xs, chunk_size)
-
-
-def _batch_input_hessian(f, params, xs, chunk_size=None):
-    return _map_batch(lambda x: _input_hessian(f, params, x), xs, chunk_size)
-
-
 def _batch_weight_jacobian(f, params, xs, mode="rev", chunk_size=None):
     return _map_batch(lambda x: _weight_jacobian(f, params, x, mode), xs, chunk_size)
 
