@@ -163,7 +163,7 @@ def _output_adjoints(params, d1, batch):
 
 # Examples per step of the per-example contraction: its (n_out, n_in, h) intermediate is kept
 # near this size so it stays in cache between being written and being multiplied.
-_CONTRACTION_BYTES = 2**20
+_CONTRACTION_BYTES = 2 * 2**20
 
 
 def _symmetric_blocks(n_in: int) -> list[tuple[int, int]]:
@@ -214,15 +214,15 @@ def _hessian(params, x, act):
     hess = packed[:, :, pair]
     if len(jts) == 1:
         return hess
-    # Deeper layers differ per example: batched contractions, a few examples per step so the
-    # (n_out, n_in, h) intermediates stay small (no concatenation: that copy costs more than
-    # the shorter inner dimension).
+    # Deeper layers differ per example: one contraction over all their units, a few examples
+    # per step so the (n_out, n_in, h) intermediates stay in cache. The layers are joined per
+    # step, not for the whole batch: a batch-sized concatenation costs more than it saves.
     deep_zt, deep_c = jts[1:], cs[1:]
-    per_example = n_out * n_in * max(z.shape[-1] for z in deep_zt) * x.dtype.itemsize
+    per_example = n_out * n_in * sum(z.shape[-1] for z in deep_zt) * x.dtype.itemsize
     step = max(1, _CONTRACTION_BYTES // per_example)
 
     def contract_all(zts, cs):
-        return sum(_contract(z, c) for z, c in zip(zts, cs, strict=True))
+        return _contract(jnp.concatenate(zts, axis=-1), jnp.concatenate(cs, axis=-1))
 
     if step >= batch:
         return hess + contract_all(deep_zt, deep_c)
