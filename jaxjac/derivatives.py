@@ -29,6 +29,8 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from jax.typing import ArrayLike
 
+from jaxjac._chunks import map_chunks
+
 __all__ = [
     "batch_input_hessian",
     "batch_input_jacobian",
@@ -128,15 +130,12 @@ def _weight_hessian_matrix(f: Fn, params: Any, x: jax.Array) -> jax.Array:
 def _map_batch(fn: Callable[[jax.Array], Any], xs: jax.Array, chunk_size: int | None) -> Any:
     """Apply ``fn`` to every row of ``xs``: one vmap, or chunks of ``chunk_size`` rows.
 
-    ``lax.map`` with ``batch_size`` runs a sequential loop over vmapped chunks (and one vmapped
-    remainder when ``chunk_size`` does not divide the batch), so peak memory scales with
-    ``chunk_size`` instead of the batch while results stay identical.
+    A sequential loop over vmapped chunks (:func:`jaxjac._chunks.map_chunks`), so peak memory
+    scales with ``chunk_size`` instead of the batch while the results stay the same.
     """
     _check_batched(xs)
     _check_chunk_size(chunk_size)
-    if chunk_size is None or chunk_size >= xs.shape[0]:
-        return jax.vmap(fn)(xs)
-    return jax.lax.map(fn, xs, batch_size=chunk_size)
+    return map_chunks(jax.vmap(fn), xs, chunk_size)
 
 
 def _batch_weight_jacobian(f, params, xs, mode="rev", chunk_size=None):
@@ -320,6 +319,10 @@ def weight_hessian_matrix(f: Fn, params: Any, x: ArrayLike) -> jax.Array:
     return _weight_hessian_matrix(f, params, x)
 
 
+# Result layouts for out= checks, by (function, route, shapes): see _planned.
+_OUT_LAYOUTS: dict[tuple, Any] = {}
+
+
 def _planned(task: str, f: Fn, params: Any, xs: ArrayLike, out: Any = None, **options) -> Any:
     from jaxjac import planner  # the planner builds on this module: imported when first used
 
@@ -332,7 +335,14 @@ def _planned(task: str, f: Fn, params: Any, xs: ArrayLike, out: Any = None, **op
         leaves, treedef = jax.tree_util.tree_flatten(tree)
         return treedef, [(tuple(a.shape), jnp.dtype(a.dtype).name) for a in leaves]
 
-    expected = layout(jax.eval_shape(lambda: _run_plan(f, params, xs, route=route)))
+    # eval_shape traces the program (~3 ms): once per function, route and shapes, not per call.
+    key = (planner._fn_key(f), route, planner._shapes(params), planner._shapes(xs))
+    expected = _OUT_LAYOUTS.get(key)
+    if expected is None:
+        expected = layout(jax.eval_shape(lambda: _run_plan(f, params, xs, route=route)))
+        if len(_OUT_LAYOUTS) >= 1024:
+            _OUT_LAYOUTS.pop(next(iter(_OUT_LAYOUTS)))  # forget the oldest
+        _OUT_LAYOUTS[key] = expected
     if layout(out) != expected:
         raise ValueError(f"out must have the result's layout {expected}, got {layout(out)}")
     return _run_plan_into(f, params, xs, out, route=route)

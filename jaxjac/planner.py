@@ -10,9 +10,9 @@ For a batched task it decides
 * the **chunk size**: from ``max_memory_bytes``, a budget for XLA's temporary buffers (the
   inputs and the result itself are not counted: the caller holds them anyway).
 
-Memory and FLOPs are not guessed: the planner compiles the chosen program for batches of one and
-two examples and reads XLA's own ``memory_analysis()`` and ``cost_analysis()``; per-example cost
-is the difference, fixed cost the rest. Plans are cached per ``(task, f, options, shapes,
+Memory and FLOPs are not guessed: the planner compiles the chosen program for batches of four and
+eight examples and reads XLA's own ``memory_analysis()`` and ``cost_analysis()``; per-example
+cost is the slope, fixed cost the rest. Plans are cached per ``(task, f, options, shapes,
 dtypes)``, so planning costs two small compiles once, and nothing when no budget is given.
 A result that cannot fit in the device's memory at all is refused before anything runs.
 """
@@ -75,8 +75,11 @@ class Plan(NamedTuple):
         """Estimated peak temporary memory at the chosen chunk size."""
         if self.temp_bytes_per_example is None:
             return None
-        step = self.batch if self.chunk_size is None else min(self.chunk_size, self.batch)
-        return self.temp_bytes_fixed + step * self.temp_bytes_per_example
+        if self.chunk_size is None or self.chunk_size >= self.batch:
+            return self.temp_bytes_fixed + self.batch * self.temp_bytes_per_example
+        # Chunked, a chunk's own result is a temporary too, until it is copied into the output.
+        per_row = self.temp_bytes_per_example + _result_bytes_per_example(self)
+        return self.temp_bytes_fixed + self.chunk_size * per_row
 
     def __str__(self) -> str:
         chunk = "whole batch" if self.chunk_size is None else f"chunks of {self.chunk_size}"
@@ -90,15 +93,22 @@ class Plan(NamedTuple):
                 if self.max_memory_bytes is not None
                 else ""
             )
+            chunked = self.chunk_size is not None and self.chunk_size < self.batch
+            result = _fmt_bytes(_result_bytes_per_example(self))
             lines.append(
                 f"  temporary memory ≈ {_fmt_bytes(self.temp_bytes)}{budget}: "
-                f"{_fmt_bytes(self.temp_bytes_per_example)} per example in flight + "
-                f"{_fmt_bytes(self.temp_bytes_fixed)} fixed"
+                f"{_fmt_bytes(self.temp_bytes_per_example)} per example in flight"
+                + (f" (+ {result} of its result, copied out per chunk)" if chunked else "")
+                + f" + {_fmt_bytes(self.temp_bytes_fixed)} fixed"
             )
         if self.flops is not None:
             lines.append(f"  ≈ {self.flops / 1e9:.3g} GFLOP")
         lines += [f"  - {reason}" for reason in self.reasons]
         return "\n".join(lines)
+
+
+def _result_bytes_per_example(plan: Plan) -> int:
+    return -(-plan.result_bytes // plan.batch)
 
 
 def _fmt_bytes(n: float) -> str:
@@ -224,7 +234,16 @@ def _fn_key(f: Any) -> Any:
 
 def _shapes(tree: Any) -> tuple:
     leaves, treedef = jax.tree_util.tree_flatten(tree)
-    return treedef, tuple((jnp.shape(a), jnp.result_type(a).name) for a in leaves)
+    return treedef, tuple(_shape_dtype(a) for a in leaves)
+
+
+def _shape_dtype(a: Any) -> tuple:
+    # Arrays answer from their attributes: jnp.result_type costs ~10 us a leaf, which was
+    # most of the per-call overhead of a planned helper on a small batch.
+    dtype = getattr(a, "dtype", None)
+    if dtype is not None and hasattr(a, "shape"):
+        return tuple(a.shape), dtype  # a numpy dtype: hashable, compares by value
+    return jnp.shape(a), jnp.result_type(a)
 
 
 def plan(
@@ -272,7 +291,7 @@ def plan(
         raise ValueError(f"max_memory_bytes must be a positive integer, got {max_memory_bytes!r}")
     if jnp.ndim(xs) < 1:
         raise ValueError(f"xs must have a leading batch axis, got shape {jnp.shape(xs)}")
-    xs = jax.ShapeDtypeStruct(jnp.shape(xs), jnp.result_type(xs))
+    xs = jax.ShapeDtypeStruct(*_shape_dtype(xs))
     analyse = max_memory_bytes is not None if analyse is None else analyse
     key = (task, _fn_key(f), mode, chunk_size, max_memory_bytes, analyse)
     key += (_shapes(params), _shapes(xs))
@@ -347,17 +366,26 @@ def _make_plan(task, mode, chunk_size, max_memory_bytes, analyse, f, params, xs)
     static = _Route(task, route, acc, chunk_size, act if closed else None)
     per_example = fixed = flops = None
     if analyse:
-        t1, f1 = _analyse(f, params, xs, static, 1)
-        t2, f2 = _analyse(f, params, xs, static, 2)
-        per_example, fixed = max(t2 - t1, 1), max(2 * t1 - t2, 0)
-        flops = f1 + (f2 - f1) * (batch - 1)
+        # Batches of 4 and 8, not 1 and 2: XLA compiles a batch of one to a different program
+        # (its temporaries were 9x those of a batch of two on a [32, 256, 256, 8] net), which
+        # made the per-example slope negative. From 2 on, temporaries grow linearly.
+        t4, f4 = _analyse(f, params, xs, static, 4)
+        t8, f8 = _analyse(f, params, xs, static, 8)
+        per_example = max((t8 - t4) // 4, 1)
+        fixed = max(t4 - 4 * per_example, 0)
+        flops = f4 + (f8 - f4) / 4 * (batch - 4)
     if max_memory_bytes is not None:
         fit = (max_memory_bytes - fixed) // per_example
-        if fit < 1:
-            raise ValueError(
-                f"max_memory_bytes={max_memory_bytes:,} is too small: one example of this "
-                f"{task} needs {_fmt_bytes(fixed + per_example)} of temporary memory"
-            )
+        if fit < batch:
+            # Chunked, each chunk's result is a temporary as well (then copied into the output).
+            per_example_chunked = per_example + -(-result_bytes // batch)
+            fit = (max_memory_bytes - fixed) // per_example_chunked
+            if fit < 1:
+                raise ValueError(
+                    f"max_memory_bytes={max_memory_bytes:,} is too small: one example of this "
+                    f"{task} needs {_fmt_bytes(fixed + per_example_chunked)} of temporary "
+                    "memory (its result included, as chunks are copied into the output)"
+                )
         if chunk_size is None:
             chunk_size = None if fit >= batch else int(fit)
             reasons.append(

@@ -66,6 +66,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from jax.typing import ArrayLike
 
+from jaxjac._chunks import map_chunks
 from jaxjac.derivatives import (
     Mode,
     _check_chunk_size,
@@ -214,20 +215,6 @@ def _call(spec: _Spec, dynamic: dict[str, Any], xs: jax.Array) -> Any:
     return spec.fn(**kwargs)
 
 
-def _chunked(fn: Callable[[jax.Array], Any], xs: jax.Array, chunk_size: int | None) -> Any:
-    """``fn`` (batched) over ``chunk_size`` rows at a time: a loop over chunks, one remainder."""
-    n = xs.shape[0]
-    if chunk_size is None or chunk_size >= n:
-        return fn(xs)
-    k, rest = divmod(n, chunk_size)
-    head = jax.lax.map(fn, xs[: k * chunk_size].reshape(k, chunk_size, *xs.shape[1:]))
-    head = jax.tree_util.tree_map(lambda a: a.reshape(k * chunk_size, *a.shape[2:]), head)
-    if rest == 0:
-        return head
-    tail = fn(xs[k * chunk_size :])
-    return jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b]), head, tail)
-
-
 def _where_rows(mask: jax.Array, v: jax.Array) -> jax.Array:
     """Rows of ``v`` where ``mask``, zeros elsewhere (``where``, so NaN/inf rows drop out)."""
     return jnp.where(mask.reshape(mask.shape + (1,) * (v.ndim - 1)), v, jnp.zeros((), v.dtype))
@@ -262,7 +249,7 @@ def _reduce(values: Any, mask: jax.Array, kind: str, axis_name: str) -> BatchSum
 @functools.partial(jax.jit, static_argnames=("spec",))
 def _run(spec: _Spec, dynamic: dict[str, Any], xs: jax.Array, mask: jax.Array | None) -> Any:
     def local(dynamic, xs, mask):
-        values = _chunked(functools.partial(_call, spec, dynamic), xs, spec.chunk_size)
+        values = map_chunks(functools.partial(_call, spec, dynamic), xs, spec.chunk_size)
         return values if spec.reduce is None else _reduce(values, mask, spec.reduce, spec.axis_name)
 
     batch = P(spec.axis_name)

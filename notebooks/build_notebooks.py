@@ -1032,8 +1032,9 @@ print(jj.explain("input_hessian", two_layer, p2, xs))
 Vectorising over all $B$ examples at once keeps every example's intermediates alive together:
 for each hidden layer an `(n_out, h)` block of the Jacobian product per example, so temporary
 memory grows like $B\cdot n_\text{out}\cdot\sum_l h_l$, on top of the `(B, n_out, n_in)` result.
-`chunk_size=c` processes $c$ examples at a time (a sequential `lax.map` over chunks): the
-intermediates scale with $c$ instead of $B$; the result and the arithmetic are the same.
+`chunk_size=c` processes $c$ examples at a time (a sequential loop over chunks, each chunk's
+result written into the output in place): the intermediates scale with $c$ instead of $B$, plus
+one chunk's result on its way into the output; the result and the arithmetic are the same.
 
 **How memory is measured.** A jitted call can be lowered and compiled without running it:
 `jax.jit(fn).lower(*args).compile().memory_analysis()` reports the bytes XLA's buffer assignment
@@ -1043,7 +1044,8 @@ program's peak scratch memory: known before anything runs, deterministic, and in
 other processes on the machine (unlike the peak RSS of a process, which also counts the Python
 interpreter, JAX itself and the allocator's caching). Peak memory of a call is about
 arguments + outputs + temporaries. The planner (`jj.explain`) uses the same analysis, so its
-estimate $\text{fixed} + c\cdot\text{per example}$ is drawn next to the measurement.
+estimate $\text{fixed} + c\cdot(\text{per example} + \text{result per example})$ is drawn next
+to the measurement.
 """),
     code("""
 B = 4096
@@ -1105,6 +1107,7 @@ print(
     f"\\ncompiled program: {temp / 2**20:.2f} MiB of temporaries"
     f" for a budget of {budget / 2**20:.0f} MiB (within budget: {temp <= budget})"
 )
+assert temp <= budget, "the planner's chunk must fit the budget it was given"
 np.testing.assert_allclose(call(params, xs_big), ref, rtol=1e-4, atol=1e-6)
 """),
     md(r"""

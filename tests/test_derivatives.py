@@ -345,3 +345,21 @@ def test_out_buffer_is_reused_and_results_are_unchanged(net):
         assert_close(helper(f, params, xs, out=again), expected, 0.0)
     with pytest.raises(ValueError, match="out must have the result's layout"):
         jj.batch_input_jacobian(_mlp_tanh, params, xs, out=jnp.zeros((7, 3, 5), F64))
+
+
+def test_out_calls_trace_nothing_after_the_first(net):
+    # Checking out='s layout must not trace the program again on every call.
+    params, xs = net
+    traces = []
+
+    def counted(p, x):
+        traces.append(x.shape)  # runs only while JAX traces
+        return _mlp_tanh(p, x)
+
+    out = jj.batch_weight_jacobian(counted, params, xs)
+    out = jj.batch_weight_jacobian(counted, params, xs, out=out)
+    first = len(traces)
+    for scale in (0.5, 2.0, 3.0):
+        out = jj.batch_weight_jacobian(counted, params, xs * scale, out=out)
+    assert len(traces) == first
+    assert_close(out, jj.batch_weight_jacobian(_mlp_tanh, params, xs * 3.0), 0.0)
