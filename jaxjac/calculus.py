@@ -55,7 +55,7 @@ from jaxjac import closed_form
 from jaxjac._chunks import map_chunks
 from jaxjac.activations import Activation, get_activation
 from jaxjac.derivatives import _check_chunk_size, _jit_entry, _map_batch
-from jaxjac.nets import mlp_apply, validate_mlp_params
+from jaxjac.nets import check_mlp_input, mlp_apply, validate_mlp_params
 
 __all__ = [
     "TraceEstimate",
@@ -484,6 +484,7 @@ def batch_laplacian(
         # jaxjac's MLP: the closed-form forward Laplacian sums over directions inside every
         # layer (several times faster than n second-order passes); chunks as asked.
         params, act = mlp
+        check_mlp_input(params, xs)  # the width, named, before any matrix product fails on it
         _check_chunk_size(chunk_size)
         return map_chunks(lambda rows: closed_form._laplacian(params, rows, act), xs, chunk_size)
     return _map_batch(lambda x: _laplacian(f, x, method), xs, chunk_size)

@@ -48,7 +48,8 @@ class Plan(NamedTuple):
             (autodiff Hessian) or ``"layer-sum"`` (closed-form Hessian).
         batch: number of examples ``B``.
         chunk_size: examples per step, or ``None`` for the whole batch at once.
-        activation: the MLP's activation name on the closed-form route.
+        activation: the MLP's :class:`~jaxjac.Activation` on the closed-form route (the object
+            itself, so an unregistered one works too), else ``None``.
         flops: estimated floating-point operations for the whole batch (XLA's count).
         result_bytes: size of the result.
         temp_bytes_per_example: XLA temporary memory per example processed at once.
@@ -62,7 +63,7 @@ class Plan(NamedTuple):
     mode: str
     batch: int
     chunk_size: int | None
-    activation: str | None
+    activation: Activation | None
     flops: float | None
     result_bytes: int
     temp_bytes_per_example: int | None
@@ -319,9 +320,18 @@ def _make_plan(task, mode, chunk_size, max_memory_bytes, analyse, f, params, xs)
             f"alone, more than this device's {_fmt_bytes(limit)}; pass fewer examples per call "
             "(e.g. stream the data set in slices) or reduce the result as you go"
         )
-    closed = act is not None and _is_mlp_params(params) and mode in ("auto", "closed_form")
+    # The closed form takes rows of features, (B, n_in); mlp_apply on other ranks broadcasts.
+    closed = (
+        act is not None
+        and len(xs.shape) == 2
+        and _is_mlp_params(params)
+        and mode in ("auto", "closed_form")
+    )
     if mode == "closed_form" and not closed:
-        raise ValueError("mode='closed_form' needs f to be jaxjac's MLP with MLP params")
+        raise ValueError(
+            "mode='closed_form' needs f to be jaxjac's MLP with MLP params and xs of shape "
+            f"(B, n_in); got xs of shape {xs.shape}"
+        )
     if closed:
         sizes = validate_mlp_params(params)
         route = "closed_form"
@@ -344,7 +354,9 @@ def _make_plan(task, mode, chunk_size, max_memory_bytes, analyse, f, params, xs)
             reasons.append(f"jaxjac MLP {sizes} ({act.name}): closed-form outer products")
     else:
         route = "autodiff"
-        if act is not None and mode == "auto":
+        if act is not None and mode == "auto" and len(xs.shape) != 2:
+            reasons.append(f"examples of shape {xs.shape[1:]}, not (n_in,): autodiff")
+        elif act is not None and mode == "auto":
             reasons.append("params are not an MLP parameter list: autodiff")
         elif act is None:
             reasons.append("f is not jaxjac's MLP: autodiff")
@@ -404,7 +416,7 @@ def _make_plan(task, mode, chunk_size, max_memory_bytes, analyse, f, params, xs)
         mode=acc,
         batch=batch,
         chunk_size=chunk_size,
-        activation=act.name if closed else None,
+        activation=act if closed else None,
         flops=flops,
         result_bytes=result_bytes,
         temp_bytes_per_example=per_example,
@@ -416,8 +428,7 @@ def _make_plan(task, mode, chunk_size, max_memory_bytes, analyse, f, params, xs)
 
 def route_of(p: Plan) -> _Route:
     """The static description the compiled program is keyed on."""
-    act = get_activation(p.activation) if p.activation is not None else None
-    return _Route(p.task, p.route, p.mode, p.chunk_size, act)
+    return _Route(p.task, p.route, p.mode, p.chunk_size, p.activation)
 
 
 def explain(

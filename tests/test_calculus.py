@@ -114,7 +114,8 @@ def test_polar_and_spherical_dets():
     assert_close(jc.batch_jacobian_det(polar, jnp.stack([r, t], 1)), r, exact_rtol(F64))
     det = jc.batch_jacobian_det(spherical, jnp.stack([r, t, p], 1))
     assert_close(det, r**2 * jnp.sin(t), exact_rtol(F64), what="spherical")
-    # θ > π flips the orientation of the polar map's image: still |det| = r, sign -.
+    # θ in (π, 2π) makes sin θ < 0: the spherical map's det r² sin θ turns negative (the map
+    # reverses orientation there), |det| = r² |sin θ|.
     sign, logabsdet = jc.batch_slogdet_jacobian(spherical, jnp.stack([r, t + math.pi, p], 1))
     np.testing.assert_array_equal(sign, -1.0)
     assert_close(logabsdet, jnp.log(r**2 * jnp.abs(jnp.sin(t))), exact_rtol(F64))
@@ -237,7 +238,7 @@ def test_laplacian_of_matrix_input_and_vector_output_matches_hessian_trace():
 @settings(max_examples=8, deadline=None, derandomize=True, database=None)
 @given(
     seed=st.integers(0, 2**16),
-    sizes=st.lists(st.integers(1, 5), min_size=2, max_size=4),
+    sizes=st.lists(st.integers(1, 32), min_size=2, max_size=6),  # depth 1 to 5, widths to 32
     batch=st.integers(1, 3),
     activation=st.sampled_from(list_activations()),
 )
@@ -504,3 +505,13 @@ def test_batch_laplacian_of_a_jaxjac_mlp_takes_the_closed_form(monkeypatch):
         fast = jc.batch_laplacian(f, xs, chunk_size=chunk)
         assert_close(fast, generic, exact_rtol(jnp.float64))
     assert calls  # traced through the closed form
+
+
+def test_batch_laplacian_of_an_mlp_with_the_wrong_width_names_both_sizes():
+    # The closed-form fast path checks the width like every other route, before any GEMM.
+    params = jj.mlp_init(jax.random.key(5), [4, 6, 2], dtype=jnp.float64)
+    f = functools.partial(jj.mlp_apply, params)
+    with pytest.raises(ValueError, match=r"\(4,\) or \(batch, 4\).*got shape \(3, 5\)"):
+        jc.batch_laplacian(f, jnp.ones((3, 5), jnp.float64))
+    with pytest.raises(ValueError, match=r"\(batch, 4\).*got shape \(3, 5\)"):
+        jc.batch_laplacian(f, jnp.ones((3, 5), jnp.float64), chunk_size=2)

@@ -1,12 +1,19 @@
 """The cross-check report: agrees when the routes agree, fails when one route is wrong."""
 
 import importlib
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import jaxjac as jj
+from tests.helpers import fd_rtol, rel_err
 
 cc_module = importlib.import_module("jaxjac.cross_check")
 
@@ -89,3 +96,76 @@ def test_a_wrong_user_second_derivative_is_caught_by_finite_differences(net):
         ("hessian", "jax.hessian", "finite_diff"),
         ("hessian", "jacrev(jacrev)", "finite_diff"),
     }
+
+
+# Run with JAX's default configuration (x64 off, standard promotion): the suite's conftest
+# enables x64, so only a fresh interpreter can show what a default user gets.
+_DEFAULT_CONFIG_SCRIPT = textwrap.dedent(
+    """
+    import sys
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import jaxjac as jj
+
+    assert not jax.config.jax_enable_x64
+    params = jj.mlp_init(jax.random.key(0), [3, 6, 4, 2])
+    params = [{"W": p["W"], "b": p["b"] + 0.25} for p in params]
+    x = jnp.array([[0.5, -1.0, 2.0], [0.1, 0.2, -0.3]], jnp.float32)
+    report = jj.cross_check(params, x, "tansig")
+    assert not jax.config.jax_enable_x64, "cross_check left x64 on"
+    assert jnp.ones(1).dtype == jnp.float32
+    leaves = {f"{k}{i}": np.asarray(p[k]) for i, p in enumerate(params) for k in ("W", "b")}
+    np.savez(
+        sys.argv[1],
+        x=np.asarray(x),
+        fd_jac=report.values["jacobian"]["finite_diff"],
+        fd_hess=report.values["hessian"]["finite_diff"],
+        meta=np.array([report.dtype, report.fd_dtype, str(report.passed)]),
+        **leaves,
+    )
+    """
+)
+
+
+def test_finite_differences_are_float64_without_x64(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_ENABLE_X64")}
+    env["JAX_PLATFORMS"] = env.get("JAX_PLATFORMS", "cpu")
+    out = tmp_path / "report.npz"
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, "-c", _DEFAULT_CONFIG_SCRIPT, str(out)],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = np.load(out)
+    assert list(got["meta"]) == ["float32", "float64", "True"]
+    assert got["fd_jac"].dtype == got["fd_hess"].dtype == np.float64
+    # Reference: autodiff in float64 here (x64 on) of the same float32 weights, widened exactly.
+    params = [
+        {"W": jnp.asarray(got[f"W{i}"], jnp.float64), "b": jnp.asarray(got[f"b{i}"], jnp.float64)}
+        for i in range(3)
+    ]
+    xs = jnp.asarray(got["x"], jnp.float64)
+
+    def net(x):
+        return jj.mlp_apply(params, x, "tansig")
+
+    jac = jax.vmap(jax.jacrev(net))(xs)
+    hess = jax.vmap(jax.hessian(net))(xs)
+    jac_err = rel_err(got["fd_jac"], jac)
+    hess_err = rel_err(got["fd_hess"], hess, scale=float(jnp.max(jnp.abs(jac))))
+    assert jac_err <= fd_rtol(jnp.float64), jac_err
+    assert hess_err <= fd_rtol(jnp.float64), hess_err
+    # The bar is one a float32 oracle cannot reach: the same differences in float32 miss it.
+    p32 = jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), params)
+    fd32 = jax.vmap(
+        lambda x: cc_module._central_difference(lambda v: jj.mlp_apply(p32, v, "tansig"), x)
+    )(xs.astype(jnp.float32))
+    assert rel_err(fd32, jac) > 10 * fd_rtol(jnp.float64)

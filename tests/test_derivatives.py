@@ -279,6 +279,146 @@ def test_second_call_with_same_shapes_does_not_retrace():
     assert len(traces) > first
 
 
+def _retraces(run, args, same_shapes, new_shapes, traces):
+    """Trace counts of ``run`` on first call, on new values of the same shapes, on new shapes."""
+    traces.clear()
+    run(*args)
+    first = len(traces)
+    run(*same_shapes)
+    second = len(traces)
+    run(*new_shapes)
+    return first, second, len(traces)
+
+
+def _per_example_calls(f, loss):
+    """Every per-example entry point, as ``run(params, x)``, with its vectors drawn from x."""
+
+    def tangent(params, x):
+        return jax.tree_util.tree_map(lambda leaf: jnp.full_like(leaf, x[0]), params)
+
+    n_out = 2
+    return {
+        "input_jacobian fwd": lambda p, x: jj.input_jacobian(f, p, x, mode="fwd"),
+        "weight_hessian": lambda p, x: jj.weight_hessian(loss, p, x),
+        "weight_hessian_matrix": lambda p, x: jj.weight_hessian_matrix(loss, p, x),
+        "input_jvp": lambda p, x: jj.input_jvp(f, p, x, x[::-1]),
+        "input_vjp": lambda p, x: jj.input_vjp(f, p, x, x[:n_out]),
+        "input_hvp": lambda p, x: jj.input_hvp(f, p, x, x[::-1]),
+        "weight_jvp": lambda p, x: jj.weight_jvp(f, p, x, tangent(p, x)),
+        "weight_vjp": lambda p, x: jj.weight_vjp(f, p, x, x[:n_out]),
+        "weight_hvp": lambda p, x: jj.weight_hvp(loss, p, x, tangent(p, x)),
+    }
+
+
+def _batched_calls(f):
+    return {
+        "batch_input_jacobian": lambda p, xs: jj.batch_input_jacobian(f, p, xs),
+        "batch_input_hessian": lambda p, xs: jj.batch_input_hessian(f, p, xs),
+        "batch_input_hessian chunked": lambda p, xs: jj.batch_input_hessian(f, p, xs, chunk_size=2),
+        "batch_weight_jacobian": lambda p, xs: jj.batch_weight_jacobian(f, p, xs),
+        "batch_weight_jacobian chunked": lambda p, xs: jj.batch_weight_jacobian(
+            f, p, xs, chunk_size=2
+        ),
+    }
+
+
+def _counting_tanh(traces):
+    """An unregistered tanh whose value and derivatives record every trace through them."""
+
+    def f(z):
+        traces.append("f")
+        return jnp.tanh(z)
+
+    def df(z):
+        traces.append("df")
+        return 1 - jnp.tanh(z) ** 2
+
+    def d2f(z):
+        traces.append("d2f")
+        t = jnp.tanh(z)
+        return -2 * t * (1 - t * t)
+
+    return jj.Activation("counting_tanh", f, df, d2f)
+
+
+@pytest.fixture(scope="module")
+def small_nets():
+    narrow = jj.mlp_init(jax.random.key(0), [3, 4, 2], dtype=F64)
+    wide = jj.mlp_init(jax.random.key(1), [3, 6, 2], dtype=F64)  # same x, new param shapes
+    xs = jax.random.normal(jax.random.key(2), (5, 3), F64)
+    return narrow, wide, xs
+
+
+@pytest.mark.parametrize("name", list(_per_example_calls(None, None)))
+def test_per_example_products_and_weight_hessians_do_not_retrace(small_nets, name):
+    narrow, wide, xs = small_nets
+    traces = []
+
+    def counted(params, x):
+        traces.append(x.shape)  # runs only while JAX traces
+        return jj.mlp_apply(params, x, "tansig")
+
+    def counted_loss(params, x):
+        traces.append(x.shape)
+        return jnp.sum(jj.mlp_apply(params, x, "tansig") ** 2)
+
+    run = _per_example_calls(counted, counted_loss)[name]
+    first, second, third = _retraces(
+        run, (narrow, xs[0]), (narrow, xs[1] * 3.0), (wide, xs[0]), traces
+    )
+    assert first > 0, name  # the counter does see traces
+    assert second == first, f"{name}: same shapes traced again"
+    assert third > second, f"{name}: new parameter shapes must compile anew"
+
+
+@pytest.mark.parametrize("route", ["autodiff", "closed_form"])
+@pytest.mark.parametrize("name", list(_batched_calls(None)))
+def test_batched_helpers_do_not_retrace_on_either_route(small_nets, route, name):
+    narrow, _, xs = small_nets
+    traces = []
+    if route == "autodiff":
+
+        def f(params, x):
+            traces.append(x.shape)  # runs only while JAX traces
+            return jj.mlp_apply(params, x, "tanh")
+
+    else:  # jaxjac's MLP with an unregistered activation: the planner takes the closed form
+        f = functools.partial(jj.mlp_apply, activation=_counting_tanh(traces))
+    task = name.split()[0].removeprefix("batch_")
+    assert jj.planner.plan(task, f, narrow, xs).route == route
+    run = _batched_calls(f)[name]
+    first, second, third = _retraces(
+        run, (narrow, xs), (narrow, xs + 1.0), (narrow, xs[:4]), traces
+    )
+    assert first > 0 and second == first and third > second, (first, second, third)
+
+
+_CLOSED_FORM_CALLS = {
+    "mlp_jacobian auto": lambda p, x, a: jj.closed_form.mlp_jacobian(p, x, a),
+    "mlp_jacobian fwd": lambda p, x, a: jj.closed_form.mlp_jacobian(p, x, a, mode="fwd"),
+    "mlp_jacobian rev": lambda p, x, a: jj.closed_form.mlp_jacobian(p, x, a, mode="rev"),
+    "mlp_hessian": lambda p, x, a: jj.closed_form.mlp_hessian(p, x, a),
+    "mlp_weight_jacobian": lambda p, x, a: jj.closed_form.mlp_weight_jacobian(p, x, a),
+    "mlp_laplacian": lambda p, x, a: jj.closed_form.mlp_laplacian(p, x, a),
+}
+
+
+@pytest.mark.parametrize("name", list(_CLOSED_FORM_CALLS))
+def test_closed_form_functions_do_not_retrace(small_nets, name):
+    narrow, _, xs = small_nets
+    traces = []
+    act = _counting_tanh(traces)
+    call = _CLOSED_FORM_CALLS[name]
+
+    def run(x):
+        return call(narrow, x, act)
+
+    first, second, third = _retraces(run, (xs,), (xs * 2.0,), (xs[0],), traces)
+    assert first > 0 and second == first and third > second, (first, second, third)
+    # The counting activation is tanh: the results are tanh's.
+    assert_close(run(xs), call(narrow, xs, "tanh"), 0.0)
+
+
 def test_unhashable_function_gets_a_clear_error():
     class Unhashable:
         __hash__ = None
@@ -306,6 +446,25 @@ def test_nan_in_x_gives_nan_results_not_errors(net):
         out = helper(_mlp_tanh, params, xs)
         assert bool(jnp.all(jnp.isnan(out[2]))), helper.__name__
         assert bool(jnp.all(jnp.isfinite(jnp.delete(out, 2, axis=0))))
+
+
+@pytest.mark.parametrize("act", ["tanh", "relu"])
+@pytest.mark.parametrize("mode", ["closed_form", "autodiff"])
+def test_nan_in_x_through_the_weight_jacobian(net, act, mode):
+    # Documented: every entry that depends on x is NaN. The output bias enters A = W_n a + b_n
+    # additively, so ∂A/∂b_n = I whatever x is (also mathematically right for a NaN row).
+    params, xs = net
+    xs = xs.at[2, 1].set(jnp.nan)
+    f = jj.mlp_function(act)
+    wjac = jj.batch_weight_jacobian(f, params, xs, mode=mode)
+    for i, layer in enumerate(wjac):
+        for name, leaf in layer.items():
+            others = jnp.delete(leaf, 2, axis=0)
+            assert bool(jnp.all(jnp.isfinite(others))), (i, name)
+            if (i, name) == (len(params) - 1, "b"):
+                np.testing.assert_array_equal(leaf[2], np.eye(3))
+            else:
+                assert bool(jnp.all(jnp.isnan(leaf[2]))), (mode, act, i, name)
 
 
 def test_partials_compile_once_per_function_and_options():

@@ -1,9 +1,11 @@
 """The route planner: route and mode choices, memory budgets, explanations, refusals."""
 
 import functools
+import itertools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import jaxjac as jj
@@ -133,3 +135,83 @@ def test_memory_estimate_matches_xla_for_the_chunked_program(task, batch):
     temp = call.lower(params, xs).compile().memory_analysis().temp_size_in_bytes
     assert temp <= budget, (temp, budget, p.chunk_size)
     assert temp >= 0.5 * p.temp_bytes, (temp, p.temp_bytes)  # not a wild overestimate either
+
+
+# --- shapes and activations the closed form must not take, or must take as given ------------
+
+_HELPERS = {
+    "input_jacobian": jj.batch_input_jacobian,
+    "input_hessian": jj.batch_input_hessian,
+    "weight_jacobian": jj.batch_weight_jacobian,
+}
+
+
+def test_examples_that_are_not_feature_rows_take_the_autodiff_route():
+    # xs of shape (B, 2, n_in): each example is itself a (2, n_in) block, and mlp_apply maps it
+    # to (2, n_out). The closed form only knows rows (B, n_in): it must not be chosen here.
+    params = jj.mlp_init(jax.random.key(2), [3, 5, 2], dtype=F64)
+    params = [{"W": p["W"], "b": p["b"] + 0.3} for p in params]
+    xs = jax.random.normal(jax.random.key(3), (4, 2, 3), F64)
+    f = jj.mlp_apply
+
+    def net(x):
+        return jj.mlp_apply(params, x)
+
+    expected = {
+        "input_jacobian": jnp.stack([jax.jacrev(net)(x) for x in xs]),
+        "input_hessian": jnp.stack([jax.hessian(net)(x) for x in xs]),
+        "weight_jacobian": jax.tree_util.tree_map(
+            lambda *leaves: jnp.stack(leaves),
+            *[jax.jacrev(lambda p, x=x: jj.mlp_apply(p, x))(params) for x in xs],
+        ),
+    }
+    shapes = {"input_jacobian": (4, 2, 2, 2, 3), "input_hessian": (4, 2, 2, 2, 3, 2, 3)}
+    for task, helper in _HELPERS.items():
+        p = planner.plan(task, f, params, xs)
+        assert p.route == "autodiff" and p.activation is None, (task, p)
+        got = helper(f, params, xs)
+        if task in shapes:
+            assert got.shape == shapes[task]
+        else:
+            assert got[1]["W"].shape == (4, 2, 2, 2, 5)  # (B,) + f_out + W_2.shape
+        assert_close(got, expected[task], exact_rtol(F64), what=task)
+        assert_close(helper(f, params, xs, chunk_size=3), got, exact_rtol(F64), what="chunked")
+        with pytest.raises(
+            ValueError, match=r"xs of shape \(B, n_in\); got xs of shape \(4, 2, 3\)"
+        ):
+            planner.plan(task, f, params, xs, mode="closed_form")
+    # Rows within an example do not interact: the Jacobian is block diagonal, each block the
+    # closed-form Jacobian of that row (an oracle that owes nothing to autodiff).
+    jac = jj.batch_input_jacobian(f, params, xs)
+    for b, i, j in itertools.product(range(4), range(2), range(2)):
+        block = jac[b, i, :, j, :]
+        if i == j:
+            assert_close(block, closed_form.mlp_jacobian(params, xs[b, i]), exact_rtol(F64))
+        else:
+            np.testing.assert_array_equal(block, 0.0)
+
+
+def test_an_unregistered_activation_object_takes_the_closed_form():
+    act = jj.Activation("mysin", jnp.sin, jnp.cos, lambda z: -jnp.sin(z))
+    with pytest.raises(ValueError, match="unknown activation"):
+        jj.get_activation("mysin")  # not in the registry: only the object itself can work
+    f = functools.partial(jj.mlp_apply, activation=act)
+    params = jj.mlp_init(jax.random.key(4), [4, 7, 6, 3], dtype=F64)
+    params = [{"W": p["W"], "b": p["b"] - 0.2} for p in params]
+    xs = jax.random.normal(jax.random.key(5), (6, 4), F64)
+
+    def net(x):
+        return jj.mlp_apply(params, x, act)
+
+    for task, helper in _HELPERS.items():
+        p = planner.plan(task, f, params, xs)
+        assert p.route == "closed_form" and p.activation is act, (task, p)
+        closed = helper(f, params, xs)
+        assert_close(closed, helper(f, params, xs, mode="autodiff"), exact_rtol(F64), what=task)
+        assert_close(helper(f, params, xs, chunk_size=4), closed, exact_rtol(F64), what="chunks")
+        # sin's derivatives are cos and -sin: the same numbers as the registered "sin".
+        assert_close(closed, helper(jj.mlp_function("sin"), params, xs), exact_rtol(F64))
+    jac = jj.batch_input_jacobian(f, params, xs)
+    assert_close(jac, jax.vmap(jax.jacrev(net))(xs), exact_rtol(F64), what="vs jax.jacrev")
+    hess = jj.batch_input_hessian(f, params, xs)
+    assert_close(hess, jax.vmap(jax.hessian(net))(xs), exact_rtol(F64), what="vs jax.hessian")
