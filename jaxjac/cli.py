@@ -2,6 +2,9 @@
 
 Every subcommand is a function ``run_<name>(args) -> int``; :func:`main` turns the expected
 failures (bad files, shapes, options) into one line on stderr and exit code 2, never a traceback.
+When the reader of stdout goes away early (``jaxjac sensitivity … | head``), the command exits
+quietly with code 141, what a shell reports for a program ended by SIGPIPE: the files are
+written, only the printed text was cut short.
 """
 
 from __future__ import annotations
@@ -84,7 +87,7 @@ def run_demo(args: argparse.Namespace) -> int:
     jac = jj.input_jacobian(textbook, None, point)
     print("\nTextbook example f(x, y) = (x + y, xy) at (-1, 2):")
     _print_matrix("Jacobian [[1, 1], [y, x]]", jac)
-    det = float(jnp.linalg.det(jac))
+    det = float(jj.jacobian_det(lambda v: textbook(None, v), point))
     print(
         f"  det J = x - y = {det:.6g}: the map scales area by {abs(det):.6g} and flips orientation"
     )
@@ -134,7 +137,33 @@ def _parse_sigma(text: str, n_in: int) -> np.ndarray:
 def _output_folder(path: Path) -> Path:
     if path.exists() and not path.is_dir():
         raise CLIError(f"--out {path}: expected a folder (existing or new), found a file")
+    # mkdir would fail with a bare "[Errno 20] Not a directory" when an ancestor is a file.
+    for ancestor in path.parents:
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                raise CLIError(
+                    f"--out {path}: expected a folder (existing or new), found a file at {ancestor}"
+                )
+            break
     return path
+
+
+def _remove_results(folder: Path) -> None:
+    """Remove an earlier run's results, so a failed or stopped run leaves none behind."""
+    for name in _OUTPUTS:
+        with contextlib.suppress(FileNotFoundError):
+            (folder / name).unlink()
+
+
+def _devices(requested: int | None) -> list:
+    """The first ``requested`` local devices (all by default), refusing more than there are."""
+    local = _local_devices()
+    if requested is not None and requested > len(local):
+        raise CLIError(
+            f"--devices {requested}: expected at most {len(local)} (the local devices), found "
+            f"{requested} requested"
+        )
+    return local[: requested or len(local)]
 
 
 def _versions() -> dict[str, str]:
@@ -236,6 +265,7 @@ def run_sensitivity(args: argparse.Namespace) -> int:
             f"found {args.activation!r}"
         )
     activation = get_activation(args.activation).name
+    devices = _devices(args.devices)
     if importlib.util.find_spec("matplotlib") is None:  # checked before hours of computing
         raise CLIError("the plots need matplotlib, found none: pip install 'jaxjac[plot]'")
     folder = _output_folder(Path(args.out))
@@ -255,6 +285,9 @@ def run_sensitivity(args: argparse.Namespace) -> int:
     loaded = time.perf_counter()
 
     folder.mkdir(parents=True, exist_ok=True)
+    # Computing starts here: the folder's results (if any) are an earlier run's, and a resumed
+    # run rewrites them all at the end, so none may stay beside this run's checkpoint.
+    _remove_results(folder)
     resuming = args.resume and (folder / CHECKPOINT_JSON).exists()
     if args.resume and not resuming and not args.quiet:
         print(f"no checkpoint in {folder}: starting from the first row")
@@ -290,7 +323,7 @@ def run_sensitivity(args: argparse.Namespace) -> int:
             fingerprint=fingerprint,
             progress=not args.quiet,
             on_chunk=on_chunk,
-            devices=args.devices if args.devices is not None else len(_local_devices()),
+            devices=devices,
         )
     except KeyboardInterrupt:
         print(
@@ -328,6 +361,7 @@ def run_sensitivity(args: argparse.Namespace) -> int:
             "bounds": bounds.tolist() if bounds is not None else None,
             "sigma": np.sqrt(variances).tolist() if variances is not None else None,
             "drop_nonfinite": args.drop_nonfinite,
+            "devices": len(devices),
             "resumed": resuming,
         },
         "timings_s": {
@@ -360,7 +394,13 @@ def _add_sensitivity_parser(sub: Any) -> None:
     cmd.add_argument("--params", required=True, help="model: .npz or .mat with W1, b1, …, Wn, bn")
     cmd.add_argument("--data", required=True, help="examples: .npy (N, n_in) or .csv")
     cmd.add_argument("--activation", default="tansig", help="hidden activation (default tansig)")
-    cmd.add_argument("--out", default="sensitivity-out", help="output folder (default %(default)s)")
+    cmd.add_argument(
+        "--out",
+        default="sensitivity-out",
+        help="output folder (default %(default)s); result files of an earlier run there are "
+        "removed when computing starts, also with --resume (they are rewritten at the end), "
+        "so a failed or stopped run leaves only its checkpoint",
+    )
     cmd.add_argument(
         "--chunk-size", type=_positive_int, default=4096, help="rows per chunk (default 4096)"
     )
@@ -427,11 +467,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stdout_to_devnull() -> None:
+    """Point stdout at /dev/null, so the flush at exit does not fail on the closed pipe again."""
+    # As the Python docs advise ("Note on SIGPIPE" in the signal module).
+    with contextlib.suppress(OSError, ValueError):  # ValueError: no file descriptor (captured)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; expected failures exit 2 with one line on stderr."""
+    """Run the CLI; expected failures exit 2 with one line on stderr.
+
+    Returns:
+        The exit code: 0 on success, 2 for bad input, 130 when interrupted, 141 (as for SIGPIPE)
+        when stdout is a pipe closed early, and what the subcommand returns otherwise (``jaxjac
+        demo``: 1 when the routes disagree; ``jaxjac sensitivity``: 3 when ``--max-chunks``
+        stopped it).
+    """
     args = build_parser().parse_args(argv)
     try:
-        return args.run(args)
+        code = args.run(args)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's flush at exit
+        return code
+    except BrokenPipeError:  # an OSError: caught first, as a reader leaving early is no error
+        _stdout_to_devnull()
+        return 141
     except (CLIError, ValueError, OSError) as err:
         message = " ".join(str(err).split()) or type(err).__name__
         print(f"jaxjac {args.command}: error: {message}", file=sys.stderr)

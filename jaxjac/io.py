@@ -3,16 +3,20 @@
 Every reader refuses rather than guesses: a file that does not hold what it should raises
 :class:`ValueError` (or :class:`FileNotFoundError`) with one sentence saying what was expected
 and what was found. Nothing is ever unpickled (``allow_pickle=False`` everywhere), so a data or
-model file cannot run code.
+model file cannot run code. A file's first bytes are checked against its suffix (NPY header for
+``.npy``, zip for ``.npz``, a MAT header for ``.mat``) before it is parsed, and a corrupt archive
+member is reported as such, never as numpy's or zlib's own exception.
 
 Layouts:
 
 * **Model files** (``.npz``, MATLAB ``.mat``) hold arrays named ``W1, b1, …, Wn, bn`` for the
   network ``A = W_n σ(… σ(W_1 x + b_1) …) + b_n``; ``W_l`` has shape ``(out, in)`` and ``b_l``
-  shape ``(out,)`` (a MATLAB column ``(out, 1)`` or row ``(1, out)`` is accepted). They load into
-  the jaxjac layout: a list with one ``{"W": (out, in), "b": (out,)}`` dict per layer.
+  shape ``(out,)`` (a MATLAB column ``(out, 1)`` or row ``(1, out)`` is accepted). Layers are
+  numbered from 1: ``W0`` or ``W01`` is refused, not skipped. They load into the jaxjac layout: a
+  list with one ``{"W": (out, in), "b": (out,)}`` dict per layer.
 * **Data files**: ``.npy`` of shape ``(N, n_in)`` (memory-mapped, so files larger than RAM
-  stream), or ``.csv`` with one example per row, with or without a header row of feature names.
+  stream), or UTF-8 ``.csv`` with one example per row, with or without a header row of distinct,
+  non-empty feature names; messages give the file's line numbers, blank lines included.
 * **Flax** ``nn.Dense`` stores ``kernel`` as ``(in, out)``: the transpose of ``W``.
   **Equinox** ``eqx.nn.Linear`` stores ``weight`` as ``(out, in)``: the same as ``W``.
 """
@@ -20,8 +24,11 @@ Layouts:
 from __future__ import annotations
 
 import csv
+import itertools
 import re
+import tokenize
 import zipfile
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -54,7 +61,25 @@ _PREFERRED = (
     "silu",
     "purelin",
 )
-_LAYER_NAME = re.compile(r"^([Wb])([1-9][0-9]*)$")
+# Any W<digits>/b<digits> name is a layer name; only W1, b1, … (no 0, no leading zeros) are valid.
+_LAYER_NAME = re.compile(r"^([Wb])([0-9]+)$")
+
+# What numpy and zipfile raise for a corrupt archive or member (found by flipping every byte of
+# small np.savez and np.savez_compressed files): a bad CRC, a bad deflate stream, a mangled
+# header, a "compression method" or "encrypted" flag that was never set.
+_CORRUPT = (
+    ValueError,
+    OSError,
+    EOFError,
+    zipfile.BadZipFile,
+    zlib.error,
+    NotImplementedError,
+    RuntimeError,
+    SyntaxError,
+    tokenize.TokenError,
+)
+_NPY_MAGIC = b"\x93NUMPY"
+_ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # a member first, or an empty archive
 
 
 class Dataset(NamedTuple):
@@ -94,30 +119,85 @@ def _numeric(name: str, array: np.ndarray, where: Path) -> np.ndarray:
     return array
 
 
+def _head(path: Path, size: int = 128) -> bytes:
+    with path.open("rb") as handle:
+        return handle.read(size)
+
+
+def _is_mat_header(head: bytes) -> bool:
+    """The test scipy.io.loadmat applies: a v4 matrix header, or a v5/v7/v7.3 128-byte header."""
+    if len(head) >= 4 and 0 in head[:4]:
+        return any(head[:20])  # v4: the type word has a zero byte; all zeros is no header
+    if len(head) < 128 or head[126:128] not in (b"IM", b"MI"):
+        return False
+    major = head[125] if head[126:128] == b"IM" else head[124]  # version word, endian-tagged
+    return major in (1, 2)
+
+
+def _describe(head: bytes) -> str:
+    """What a file's first bytes look like, for 'expected …, found …' messages."""
+    if not head:
+        return "an empty file"
+    if head.startswith(_NPY_MAGIC):
+        return "a .npy array (NPY header)"
+    if head.startswith(_ZIP_MAGICS):
+        return "a zip archive (such as .npz)"
+    if head.startswith(b"\x89HDF\r\n\x1a\n"):
+        return "an HDF5 file"
+    if head.startswith(b"MATLAB") and _is_mat_header(head):  # v4 has no recognisable start
+        return "a MATLAB .mat file"
+    if head.startswith(b"\x80") and len(head) > 1 and 2 <= head[1] <= 5:
+        return "a Python pickle (refusing to unpickle)"
+    if head.startswith(b"\x89PNG"):
+        return "a PNG image"
+    if head.startswith(b"\x1f\x8b"):
+        return "gzip-compressed data"
+    text = head.decode("utf-8", errors="ignore")  # a cut multi-byte character at the end is fine
+    if text and len(text) * 2 >= len(head) and all(c.isprintable() or c in "\t\r\n" for c in text):
+        return f"text starting {' '.join(text.split())[:40]!r}"
+    return f"binary data starting {head[:8]!r}"
+
+
+def _detail(err: BaseException) -> str:
+    """An exception's message on one line, at most 200 characters."""
+    return (" ".join(str(err).split()) or type(err).__name__)[:200]
+
+
+def _mentions_objects(err: BaseException) -> bool:
+    # numpy's refusal of object arrays; its text suggests allow_pickle, which we never repeat
+    text = str(err).lower()
+    return "pickle" in text or "object" in text
+
+
 # --- model files ------------------------------------------------------------------------------
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            if not isinstance(archive, np.lib.npyio.NpzFile):
-                raise ValueError("it is a single .npy array, not an .npz archive")
-            arrays = {}
+    expected = f"{path}: expected an .npz archive (zip file) of arrays W1, b1, …, Wn, bn"
+    head = _head(path)
+    if not head.startswith(_ZIP_MAGICS):  # else numpy tries pickle and advises allow_pickle
+        raise ValueError(f"{expected}; found {_describe(head)}")
+    arrays = {}
+    # Our own handle: numpy leaks the file it opened when the zip directory is unreadable.
+    with path.open("rb") as handle:
+        try:
+            archive = np.load(handle, allow_pickle=False)
+        except _CORRUPT as err:
+            raise ValueError(f"{expected}; could not read it: {_detail(err)}") from None
+        with archive:
             for key in archive.files:
                 try:
-                    arrays[key] = archive[key]
-                except ValueError:
+                    arrays[key] = archive[key]  # a member is decompressed and parsed only here
+                except _CORRUPT as err:
+                    if isinstance(err, ValueError) and _mentions_objects(err):
+                        raise ValueError(
+                            f"{key} in {path} holds Python objects: expected a numeric array "
+                            "(refusing to unpickle)"
+                        ) from None
                     raise ValueError(
-                        f"{key} holds Python objects: expected a numeric array "
-                        "(refusing to unpickle)"
+                        f"{expected}; found a corrupt member {key!r}: {_detail(err)}"
                     ) from None
-            return arrays
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
-        detail = " ".join(str(err).split()) or type(err).__name__
-        raise ValueError(
-            f"{path}: expected an .npz archive of arrays W1, b1, …, Wn, bn; could not read it: "
-            f"{detail[:200]}"
-        ) from None
+    return arrays
 
 
 def _read_mat(path: Path) -> dict[str, np.ndarray]:
@@ -128,6 +208,12 @@ def _read_mat(path: Path) -> dict[str, np.ndarray]:
             f"{path}: reading MATLAB files needs scipy, found none: pip install 'jaxjac[io]'"
         ) from None
 
+    head = _head(path)
+    if not _is_mat_header(head):  # else scipy's own wording ("Unknown mat file type, version …")
+        raise ValueError(
+            f"{path}: expected a MATLAB .mat file (a v4 to v7 header) with arrays W1, b1, …; "
+            f"found {_describe(head)}"
+        )
     try:
         raw = scipy.io.loadmat(path, squeeze_me=False, mat_dtype=False)
     except NotImplementedError:
@@ -136,10 +222,9 @@ def _read_mat(path: Path) -> dict[str, np.ndarray]:
             "file (save with -v7) or an .npz"
         ) from None
     except Exception as err:  # scipy raises several unrelated types for a corrupt file
-        detail = " ".join(str(err).split()) or type(err).__name__
         raise ValueError(
             f"{path}: expected a MATLAB .mat file with arrays W1, b1, …; could not read it: "
-            f"{detail[:200]}"
+            f"{_detail(err)}"
         ) from None
     return {key: value for key, value in raw.items() if not key.startswith("__")}
 
@@ -170,18 +255,31 @@ def params_from_arrays(
         ValueError: naming the missing array or the inconsistent shapes found.
     """
     where = Path(where)
-    found = {m.group(1) + m.group(2): m for key in arrays if (m := _LAYER_NAME.match(key))}
+    layer_keys = [key for key in arrays if _LAYER_NAME.match(key)]
+    # W0 or W01 is not silently ignored: a model numbered from 0 would lose its first layer.
+    stray = [key for key in layer_keys if key[1] == "0"]
+    if stray:
+        stray.sort(key=lambda key: (int(key[1:]), key))
+        raise ValueError(
+            f"{where}: expected layers numbered from 1 (W1, b1, …) without leading zeros; "
+            f"found {', '.join(stray)}"
+        )
+    found = set(layer_keys)
     if not found:
         names = sorted(arrays)[:8]
         raise ValueError(
             f"{where}: expected arrays named W1, b1, …, Wn, bn; found {names or 'no arrays'}"
         )
-    n_layers = max(int(m.group(2)) for m in found.values())
-    missing = [f"{p}{i}" for i in range(1, n_layers + 1) for p in "Wb" if f"{p}{i}" not in found]
-    if missing:
+    n_layers = max(int(key[1:]) for key in found)
+    n_missing = 2 * n_layers - len(found)
+    if n_missing:
+        # The first few only, found without walking up to a huge stray number such as W99999999.
+        names = (f"{p}{i}" for i in range(1, n_layers + 1) for p in "Wb")
+        missing = list(itertools.islice((n for n in names if n not in found), 8))
+        more = f", … ({n_missing} in all)" if n_missing > len(missing) else ""
         raise ValueError(
             f"{where}: expected W1, b1, …, W{n_layers}, b{n_layers} (layers 1 to {n_layers}); "
-            f"missing {', '.join(missing)}"
+            f"missing {', '.join(missing)}{more}"
         )
     params: MLPParams = []
     for i in range(1, n_layers + 1):
@@ -222,7 +320,8 @@ def load_params(path: str | Path, *, dtype: Any = np.float64) -> MLPParams:
 
     Raises:
         FileNotFoundError: if there is no such file.
-        ValueError: for an unreadable file, object arrays, or missing or inconsistent layers.
+        ValueError: for a file whose header does not match its suffix, a corrupt file, object
+            arrays, layers not numbered from 1, or missing or inconsistent layers.
     """
     path = _existing_file(path, "model file")
     suffix = path.suffix.lower()
@@ -267,21 +366,19 @@ def save_params(path: str | Path, params: MLPParams) -> Path:
 
 
 def _load_npy(path: Path) -> Dataset:
+    expected = f"{path}: expected a .npy file (NPY header) holding an array (N, n_in)"
+    head = _head(path)
+    if not head.startswith(_NPY_MAGIC):  # else numpy tries pickle, or opens a zip as .npz
+        raise ValueError(f"{expected}; found {_describe(head)}")
     try:
         values = np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError as err:
-        if "object" in str(err).lower():
+    except _CORRUPT as err:
+        if isinstance(err, ValueError) and _mentions_objects(err):
             raise ValueError(
                 f"{path}: expected a numeric array (N, n_in); found Python objects "
                 "(refusing to unpickle)"
             ) from None
-        raise ValueError(
-            f"{path}: expected a .npy array (N, n_in); could not read it: {err}"
-        ) from None
-    except (OSError, EOFError) as err:
-        raise ValueError(
-            f"{path}: expected a .npy array (N, n_in); could not read it: {err}"
-        ) from None
+        raise ValueError(f"{expected}; could not read it: {_detail(err)}") from None
     _numeric("data", values, path)
     if values.ndim != 2:
         raise ValueError(f"{path}: expected a 2-D array (N, n_in), found shape {values.shape}")
@@ -295,41 +392,107 @@ def _parse_cell(cell: str) -> float | None:
         return None
 
 
-def _load_csv(path: Path) -> Dataset:
+def _first_non_utf8(path: Path) -> tuple[int, int] | None:
+    """1-based line and value of the first byte that is not UTF-8, or ``None``."""
+    with path.open("rb") as handle:
+        # Splitting at b"\n" is safe: no byte of a multi-byte UTF-8 character is 0x0A.
+        for number, line in enumerate(handle, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as err:
+                return number, line[err.start]
+    return None
+
+
+def _read_csv_rows(path: Path) -> list[tuple[int, list[str]]]:
+    """The non-blank rows, each with the 1-based line it starts on."""
+    rows: list[tuple[int, list[str]]] = []
+    line = 1
     with path.open(newline="", encoding="utf-8-sig") as handle:
-        rows = [row for row in csv.reader(handle) if row and any(c.strip() for c in row)]
+        reader = csv.reader(handle)
+        try:
+            for row in reader:
+                if row and any(c.strip() for c in row):
+                    rows.append((line, row))
+                line = reader.line_num + 1  # a quoted cell may span lines
+        except csv.Error as err:
+            if "field limit" in str(err):
+                raise ValueError(
+                    f"{path}: line {reader.line_num}: expected cells of at most "
+                    f"{csv.field_size_limit()} characters, found a longer one"
+                ) from None
+            raise ValueError(
+                f"{path}: line {reader.line_num}: expected comma-separated cells, found "
+                f"malformed CSV ({_detail(err)})"
+            ) from None
+        except UnicodeDecodeError as err:
+            # The decoder reads ahead in blocks, so the line is found again in the raw bytes.
+            where = _first_non_utf8(path)
+            line, byte = where if where is not None else (line, err.object[err.start])
+            raise ValueError(
+                f"{path}: line {line}: expected UTF-8 text, found byte 0x{byte:02x}, which is "
+                "not UTF-8 (a Latin-1 or Windows-1252 file? save it as UTF-8)"
+            ) from None
+    return rows
+
+
+def _columns(numbers: list[int]) -> str:
+    """``column 3`` or ``columns 1, 2 and 5``."""
+    if len(numbers) == 1:
+        return f"column {numbers[0]}"
+    return f"columns {', '.join(map(str, numbers[:-1]))} and {numbers[-1]}"
+
+
+def _check_header(path: Path, line: int, names: tuple[str, ...]) -> None:
+    """Refuse empty or repeated column names: each feature must be told apart in the results."""
+    columns: dict[str, list[int]] = {}
+    for c, name in enumerate(names, start=1):
+        columns.setdefault(name, []).append(c)
+    problems = [
+        f"{name!r} in {_columns(cols)}" for name, cols in columns.items() if name and len(cols) > 1
+    ]
+    if "" in columns:
+        problems.append(f"an empty name in {_columns(columns[''])}")
+    if problems:
+        raise ValueError(
+            f"{path}: line {line}: expected a distinct, non-empty name for every header column, "
+            f"found {'; '.join(problems)}"
+        )
+
+
+def _load_csv(path: Path) -> Dataset:
+    rows = _read_csv_rows(path)
     if not rows:
         raise ValueError(f"{path}: expected comma-separated numbers, found an empty file")
-    first = [c.strip() for c in rows[0]]
+    first_line, first = rows[0][0], [c.strip() for c in rows[0][1]]
     numeric = [_parse_cell(c) is not None for c in first]
     names: tuple[str, ...] | None = None
-    line_offset = 1  # 1-based line number of data row 1 (blank lines are not counted)
     if not any(numeric):
         names = tuple(first)
+        _check_header(path, first_line, names)
         rows = rows[1:]
-        line_offset = 2
     elif not all(numeric):
         bad = first[numeric.index(False)]
         raise ValueError(
-            f"{path}: row 1 mixes numbers and text ({bad!r}): expected a header of names only "
-            "or a data row of numbers only"
+            f"{path}: first row (line {first_line}) mixes numbers and text ({bad!r}): expected "
+            "a header of names only or a data row of numbers only"
         )
     width = len(first)
     if not rows:
         raise ValueError(f"{path}: expected at least one data row, found only a header")
     values = np.empty((len(rows), width), np.float64)
-    for r, row in enumerate(rows):
+    for r, (line, row) in enumerate(rows):
         if len(row) != width:
             raise ValueError(
-                f"{path}: data row {r + 1} (line {r + line_offset}) has {len(row)} cells: "
-                f"expected {width} like row 1"
+                f"{path}: data row {r + 1} (line {line}) has {len(row)} cells: expected {width} "
+                f"like the first row (line {first_line})"
             )
         for c, cell in enumerate(row):
             value = _parse_cell(cell.strip())
             if value is None:
                 column = f"{c + 1} ({names[c]!r})" if names else f"{c + 1}"
                 raise ValueError(
-                    f"{path}: data row {r + 1} (line {r + line_offset}), column {column}: "
+                    f"{path}: data row {r + 1} (line {line}), column {column}: "
                     f"expected a number, found {cell.strip()[:40]!r}"
                 )
             values[r, c] = value
@@ -351,8 +514,9 @@ def load_data(path: str | Path) -> Dataset:
 
     Raises:
         FileNotFoundError: if there is no such file.
-        ValueError: for object arrays, wrong rank, non-numeric or ragged CSV cells (naming the
-            1-based data row and column).
+        ValueError: for a file whose header does not match its suffix, object arrays, wrong rank,
+            a CSV that is not UTF-8, malformed, or has non-numeric or ragged cells (naming the
+            1-based data row, file line and column), or empty or repeated header names.
     """
     path = _existing_file(path, "data file")
     suffix = path.suffix.lower()

@@ -8,6 +8,7 @@ pyplot's figure registry, so this is safe on headless machines and inside other 
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -84,31 +85,61 @@ def plot_interactions(
     *,
     max_outputs: int = 12,
     max_labels: int = 30,
+    max_annotated: int = 12,
 ) -> None:
     """Heatmap of ``E|∂²f_k/∂x_i∂x_j|`` per output (needs a report made with ``hessian=True``).
+
+    The colour scale is set by the interactions ``i ≠ j`` alone: the diagonal holds the pure
+    second derivatives ``E|∂²f_k/∂x_i²|``, often far larger, which would otherwise push every
+    interaction to the bottom of the scale. Diagonal cells are drawn grey, off the scale, with
+    their values written in them (up to ``max_annotated`` features; all values are in the JSON).
 
     Args:
         report: the sensitivity report.
         target: a path or a binary file object; written as PNG.
         max_outputs: panels (the first outputs).
         max_labels: feature names are written on the axes up to this many features.
+        max_annotated: diagonal values are written in the cells up to this many features.
 
     Raises:
         ValueError: if the report has no interactions.
     """
+    import matplotlib
+
     if report.interactions is None:
         raise ValueError("the report has no interactions: compute it with hessian=True")
     n_out, n_in, _ = report.interactions.shape
     shown = min(n_out, max_outputs)
     side = min(2.5 + 0.3 * n_in, 10.0)
-    fig, axes = _figure(shown, (side + 1.0, side))
+    fig, axes = _figure(shown, (side + 1.0, side + 0.4))
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.82")  # masked diagonal: grey
+    diagonal = np.eye(n_in, dtype=bool)
+    cell_points = 72.0 * side / max(n_in, 1)  # a cell's width in points, for the diagonal text
     for k, ax in enumerate(axes):
-        image = ax.imshow(report.interactions[k], cmap="viridis", interpolation="nearest")
-        fig.colorbar(image, ax=ax, shrink=0.8, label="E|∂²f/∂xᵢ∂xⱼ|")
+        matrix = np.asarray(report.interactions[k], np.float64)
+        off = np.ma.masked_array(matrix, mask=diagonal)
+        top = float(off.max()) if n_in > 1 else 0.0
+        # vmax > 0 even for no interaction at all (an additive f), so the scale is defined.
+        image = ax.imshow(
+            off, cmap=cmap, vmin=0.0, vmax=top if top > 0 else 1.0, interpolation="nearest"
+        )
+        if n_in > 1:  # one feature has no interaction to put on a scale
+            fig.colorbar(image, ax=ax, shrink=0.8, label="E|∂²f/∂xᵢ∂xⱼ|, i ≠ j")
+        if n_in <= max_annotated:
+            size = min(9.0, max(5.0, 0.22 * cell_points))
+            for i in range(n_in):
+                ax.text(i, i, f"{matrix[i, i]:.3g}", ha="center", va="center", fontsize=size)
         if n_in <= max_labels:
             ax.set_xticks(np.arange(n_in), report.feature_names, rotation=90)
             ax.set_yticks(np.arange(n_in), report.feature_names)
         ax.set_title(report.output_names[k])
+    written = "values written" if n_in <= max_annotated else "values in report.json"
+    lines = [
+        "E|∂²f/∂xᵢ∂xⱼ|, colour scale set by i ≠ j",
+        f"grey diagonal: pure E|∂²f/∂xᵢ²| ({written}, off the scale)",
+    ]
     if shown < n_out:
-        fig.suptitle(f"first {shown} of {n_out} outputs")
+        lines.append(f"first {shown} of {n_out} outputs")
+    chars = max(30, int(12 * fig.get_figwidth()))  # about 12 characters per inch at 10 pt
+    fig.suptitle("\n".join(textwrap.fill(line, chars) for line in lines), fontsize="medium")
     _save(fig, target)

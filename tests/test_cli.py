@@ -22,6 +22,24 @@ def test_demo_prints_the_closed_form_and_agreeing_routes(capsys):
     assert "[[ 1.  1.]\n   [ 2. -1.]]" in out
 
 
+def test_demo_computes_the_determinant_with_the_library(capsys, monkeypatch):
+    import jaxjac as jj
+
+    calls = []
+    real = jj.jacobian_det
+
+    def spy(f, x):
+        calls.append(x)
+        return real(f, x)
+
+    monkeypatch.setattr(jj, "jacobian_det", spy)
+    assert main(["demo"]) == 0
+    assert len(calls) == 1 and np.asarray(calls[0]).tolist() == [-1.0, 2.0]
+    assert "det J = x - y = -3: the map scales area by 3 and flips orientation" in (
+        capsys.readouterr().out
+    )
+
+
 def test_console_script_is_installed_and_rejects_unknown_commands():
     exe = Path(sys.executable).with_name("jaxjac")
     if not exe.exists():
@@ -203,6 +221,71 @@ def test_sensitivity_drop_nonfinite_reports_the_count(files, capsys):
     assert report["data"]["rows_dropped"] == 2
 
 
+def _layers(model, start):
+    return {
+        f"{k}{i}": np.asarray(v) for i, layer in enumerate(model, start) for k, v in layer.items()
+    }
+
+
+def test_sensitivity_failed_or_stopped_run_leaves_no_earlier_results(files, capsys):
+    folder, xs = files
+    bad = xs.copy()
+    bad[5, 0] = np.nan
+    np.save(folder / "nan.npy", bad)
+    out = folder / "out"
+    base = ["sensitivity", "--params", str(folder / "model.npz"), "--out", str(out), "--quiet"]
+    good = [*base, "--data", str(folder / "data.npy"), "--hessian", "--chunk-size", "50"]
+
+    def results():
+        return sorted(name for name in RESULTS if (out / name).exists())
+
+    assert main(good) == 0 and results() == sorted(RESULTS)
+    assert main([*base, "--data", str(folder / "nan.npy")]) == 2  # no --drop-nonfinite
+    assert "non-finite" in capsys.readouterr().err
+    assert results() == []
+    assert main(good) == 0 and results() == sorted(RESULTS)
+    assert main([*good, "--max-chunks", "2"]) == 3
+    assert results() == []
+    assert (out / "sensitivity.checkpoint.npz").exists()
+    assert main(good) == 0  # a fresh start without --resume: the stale checkpoint is replaced
+    assert main([*good, "--max-chunks", "1"]) == 3
+    assert main([*good, "--resume", "--max-chunks", "2"]) == 3  # resumed, then stopped again
+    assert results() == []
+    assert main([*good, "--resume"]) == 0 and results() == sorted(RESULTS)
+
+
+def test_sensitivity_records_the_devices_used(files):
+    import jax
+
+    folder, _ = files
+    argv = [
+        "sensitivity",
+        "--params",
+        str(folder / "model.npz"),
+        "--data",
+        str(folder / "data.npy"),
+    ]
+    assert main([*argv, "--out", str(folder / "all"), "--quiet"]) == 0
+    report = json.loads((folder / "all" / "report.json").read_text())
+    assert report["options"]["devices"] == len(jax.local_devices())
+    assert main([*argv, "--out", str(folder / "one"), "--quiet", "--devices", "1"]) == 0
+    assert json.loads((folder / "one" / "report.json").read_text())["options"]["devices"] == 1
+
+
+def test_sensitivity_into_a_closed_pipe_exits_quietly(files):
+    # `jaxjac sensitivity … | head`: the reader is gone before the summary is printed.
+    folder, _ = files
+    exe = Path(sys.executable).with_name("jaxjac")
+    argv = [exe, "sensitivity", "--params", folder / "model.npz", "--data", folder / "data.npy"]
+    argv += ["--out", folder / "piped"]
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        proc.stdout.close()
+        err = proc.communicate(timeout=300)[1].decode()
+    assert proc.returncode == 141, err
+    assert "Broken pipe" not in err and "Traceback" not in err and "Exception" not in err, err
+    assert (folder / "piped" / "sensitivity.csv").exists()  # the run itself succeeded
+
+
 def _bad_inputs(folder, model):
     """(name, argv edits, expected message) for every bad input the CLI must refuse."""
     from jaxjac.io import save_params
@@ -215,6 +298,18 @@ def _bad_inputs(folder, model):
     save_params(folder / "skew.npz", [model[0], {"W": np.ones((2, 5)), "b": np.ones(2)}])
     np.save(folder / "objects.npy", np.array([[{"x": 1}]], dtype=object), allow_pickle=True)
     (folder / "afile").write_text("I am a file")
+    np.savez_compressed(folder / "corrupt.npz", **_layers(model, start=1))
+    raw = bytearray((folder / "corrupt.npz").read_bytes())
+    raw[60:70] = bytes(b ^ 0xFF for b in raw[60:70])  # inside W1's deflate stream: zlib.error
+    (folder / "corrupt.npz").write_bytes(bytes(raw))
+    (folder / "long.csv").write_text("a,b,c\n1,2,3\n4,5," + "6" * 140_000 + "\n")
+    np.savez(folder / "zero.npz", **_layers(model, start=0))  # W0, b0, W1, b1
+    (folder / "latin.csv").write_bytes("a,b,c\n1,2,3\ncafé,2,3\n".encode("latin-1"))
+    (folder / "text.npy").write_text("1,2,3\n")
+    (folder / "text.npz").write_text("W1 = [1, 2]\n")
+    (folder / "text.mat").write_text("W1 = [1, 2]\n" * 20)
+    (folder / "blank.csv").write_text("a,b,c\n\n\n1,2,3\n\n4,5,x")
+    (folder / "header.csv").write_text("a,a,\n1,2,3\n")
     return [
         ("width", {"--data": "wide.npy"}, "data has 5 columns but the model in"),
         (
@@ -231,6 +326,29 @@ def _bad_inputs(folder, model):
         ("no-data", {"--data": "nothing.csv"}, "data file: expected an existing file"),
         ("bounds", {"--bounds": "1:0"}, "--bounds: expected LO:HI"),
         ("activation", {"--activation": "nope"}, "--activation: expected one of"),
+        ("corrupt-npz", {"--params": "corrupt.npz"}, "corrupt.npz: expected an .npz archive"),
+        (
+            "long-cell",
+            {"--data": "long.csv"},
+            "line 3: expected cells of at most 131072 characters",
+        ),
+        ("from-0", {"--params": "zero.npz"}, "expected layers numbered from 1 (W1, b1, …)"),
+        (
+            "latin-1",
+            {"--data": "latin.csv"},
+            "latin.csv: line 3: expected UTF-8 text, found byte 0xe9",
+        ),
+        ("text-npy", {"--data": "text.npy"}, "expected a .npy file (NPY header) holding an array"),
+        ("text-npz", {"--params": "text.npz"}, "text.npz: expected an .npz archive (zip file)"),
+        ("text-mat", {"--params": "text.mat"}, "text.mat: expected a MATLAB .mat file (a v4 to v7"),
+        ("blank-lines", {"--data": "blank.csv"}, "data row 2 (line 6), column 3 ('c')"),
+        (
+            "header",
+            {"--data": "header.csv"},
+            "found 'a' in columns 1 and 2; an empty name in column 3",
+        ),
+        ("out-parent", {"--out": "afile/sub"}, f"found a file at {folder / 'afile'}"),
+        ("devices", {"--devices": "999"}, "--devices 999: expected at most "),
     ]
 
 
@@ -242,14 +360,15 @@ def test_sensitivity_bad_inputs_exit_2_with_one_line_and_no_results(files, model
         options.update(edits)
         argv = ["sensitivity", "--quiet"]
         for key, value in options.items():
-            argv += [key, value if key in ("--bounds", "--activation") else str(folder / value)]
+            raw = key in ("--bounds", "--activation", "--devices")
+            argv += [key, value if raw else str(folder / value)]
         code = main(argv)
         err = capsys.readouterr().err
         assert code == 2, (name, err)
         assert err.count("\n") == 1, (name, err)
         assert err.startswith("jaxjac sensitivity: error: "), (name, err)
         assert message in err, (name, err)
-        assert "Traceback" not in err
+        assert "Traceback" not in err and "allow_pickle" not in err and "Errno" not in err
         out = folder / options["--out"]
         if out.is_dir():
             assert not any((out / result).exists() for result in RESULTS), name
@@ -284,3 +403,25 @@ def test_sensitivity_usage_errors_are_one_line(files, capsys, option, message):
     err = capsys.readouterr().err
     assert err.count("\n") == 1, err
     assert message in err and "(see jaxjac sensitivity --help)" in err
+
+
+def test_interactions_heatmap_scale_is_set_by_the_off_diagonal(tmp_path, monkeypatch):
+    import types
+
+    import jaxjac.plots as plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, target: figures.append(fig))
+    # Pure second derivatives 100x the interactions: on one scale every interaction looks 0.
+    matrix = np.array([[100.0, 1.0, 2.0], [1.0, 300.0, 0.5], [2.0, 0.5, 200.0]])
+    report = types.SimpleNamespace(
+        interactions=matrix[None], feature_names=["a", "b", "c"], output_names=["y"]
+    )
+    plots.plot_interactions(report, tmp_path / "i.png")
+    (fig,) = figures
+    image = fig.axes[0].images[0]
+    assert image.get_clim() == (0.0, 2.0)
+    shown = image.get_array()
+    assert shown.mask.tolist() == np.eye(3, dtype=bool).tolist()  # the diagonal is off the scale
+    assert [t.get_text() for t in fig.axes[0].texts] == ["100", "300", "200"]
+    assert "diagonal" in fig.get_suptitle()

@@ -95,8 +95,9 @@ def test_object_arrays_in_a_model_are_refused(tmp_path, params):
     arrays = _arrays(params)
     arrays["W1"] = np.array([{"evil": 1}], dtype=object)
     path = _write_npz(tmp_path / "m.npz", arrays)
-    with pytest.raises(ValueError, match=r"W1 holds Python objects.*refusing to unpickle"):
+    with pytest.raises(ValueError, match=r"W1 in .*m\.npz holds Python objects.*refusing") as err:
         load_params(path)
+    assert "allow_pickle" not in str(err.value)
 
 
 def test_unreadable_and_missing_model_files(tmp_path):
@@ -113,6 +114,97 @@ def test_unreadable_and_missing_model_files(tmp_path):
         load_params(tmp_path / "absent.npz")
     with pytest.raises(ValueError, match="found a directory"):
         load_params(tmp_path)
+
+
+def _flip(path, start, stop):
+    raw = bytearray(path.read_bytes())
+    for i in range(start, stop):
+        raw[i] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+def test_corrupt_compressed_npz_is_a_value_error_naming_the_file(tmp_path, params):
+    path = tmp_path / "m.npz"
+    np.savez_compressed(path, **_arrays(params))
+    # Inside W1's deflate stream (after its 30-byte local header and name): zlib.error before.
+    _flip(path, 60, 70)
+    with pytest.raises(
+        ValueError, match=r"m\.npz: expected an \.npz archive .*corrupt member 'W1'"
+    ):
+        load_params(path)
+
+
+def test_every_single_byte_corruption_of_an_npz_gives_a_value_error(tmp_path):
+    # zlib.error, BadZipFile, EOFError, tokenize.TokenError, NotImplementedError, … all surface
+    # from numpy/zipfile for some byte: each must become one ValueError (or load unharmed).
+    good = tmp_path / "good.npz"
+    np.savez_compressed(good, W1=np.ones((2, 2)), b1=np.ones(2))
+    raw = good.read_bytes()
+    bad = tmp_path / "bad.npz"
+    for offset in range(len(raw)):
+        for mask in (0xFF, 0x01):
+            corrupt = bytearray(raw)
+            corrupt[offset] ^= mask
+            bad.write_bytes(bytes(corrupt))
+            try:
+                load_params(bad)
+            except ValueError as err:
+                assert "allow_pickle" not in str(err), (offset, mask, err)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        (
+            "m.npz",
+            b"W1 = [1, 2]\n",
+            r"expected an \.npz archive \(zip file\).*found text starting 'W1",
+        ),
+        ("m.npz", b"", "found an empty file"),
+        ("m.npz", np.lib.format.MAGIC_PREFIX + b"\x01\x00", r"found a \.npy array \(NPY header\)"),
+        (
+            "m.mat",
+            b"W1 = [1, 2]\n" * 20,
+            r"expected a MATLAB \.mat file \(a v4 to v7 header\).*found text",
+        ),
+        ("m.mat", b"PK\x03\x04" + b"\x00" * 200, r"\.mat file .*found a zip archive"),
+    ],
+)
+def test_model_file_headers_are_checked_first(tmp_path, name, content, message):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(ValueError, match=message) as err:
+        load_params(tmp_path / name)
+    assert "allow_pickle" not in str(err.value) and "unpickle" not in str(err.value)
+
+
+def test_mat_v4_files_pass_the_header_check(tmp_path, params):
+    arrays = {k: (v.reshape(-1, 1) if k[0] == "b" else v) for k, v in _arrays(params).items()}
+    scipy.io.savemat(tmp_path / "v4.mat", arrays, format="4")
+    _assert_same_params(load_params(tmp_path / "v4.mat"), params)
+
+
+@pytest.mark.parametrize(
+    ("names", "found"),
+    [
+        (("W0", "b0", "W1", "b1"), "found W0, b0"),  # numbered from 0: W0 was silently dropped
+        (("W0", "b0"), "found W0, b0"),
+        (("W01", "b01", "W2", "b2"), "found W01, b01"),
+    ],
+)
+def test_layers_not_numbered_from_1_are_refused(tmp_path, names, found):
+    arrays = {n: (np.ones((2, 2)) if n[0] == "W" else np.ones(2)) for n in names}
+    path = _write_npz(tmp_path / "m.npz", arrays)
+    with pytest.raises(
+        ValueError, match=rf"expected layers numbered from 1 \(W1, b1, …\).*{found}$"
+    ):
+        load_params(path)
+
+
+def test_a_huge_layer_number_is_reported_without_listing_every_gap(tmp_path):
+    arrays = {"W1": np.ones((2, 2)), "b1": np.ones(2), "W99999": np.ones((2, 2))}
+    path = _write_npz(tmp_path / "m.npz", arrays)
+    with pytest.raises(ValueError, match=r"missing W2, b2, .*, … \(199995 in all\)"):
+        load_params(path)
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -166,7 +258,16 @@ def test_csv_without_header(tmp_path):
         ("a,b\n1,2\n3,oops\n", r"data row 2 \(line 3\), column 2 \('b'\): .*found 'oops'"),
         ("1,2\n3,\n", r"data row 2 \(line 2\), column 2: expected a number, found ''"),
         ("1,2\n3,4,5\n", "data row 2 .*has 3 cells: expected 2"),
-        ("x,2\n", "row 1 mixes numbers and text"),
+        ("x,2\n", r"first row \(line 1\) mixes numbers and text"),
+        ("\n\nx,2\n", r"first row \(line 3\) mixes numbers and text"),
+        # Blank lines count: the bad cell is on line 6 of the file (data row 2).
+        ("a,b\n\n\n1,2\n\n3,x", r"data row 2 \(line 6\), column 2 \('b'\): .*found 'x'"),
+        ("a,b\n\n1,2\n\n3\n", r"data row 2 \(line 5\) has 1 cells: expected 2 like the first row"),
+        ('a,b\n"1\n",2\n3,x\n', r"data row 2 \(line 4\)"),  # a quoted cell spans lines 2-3
+        ("a,a,\n1,2,3\n", r"line 1: .*found 'a' in columns 1 and 2; an empty name in column 3$"),
+        ("a,,b\n1,2,3\n", r"line 1: expected a distinct, non-empty name .*empty name in column 2$"),
+        ("x,y,x,y\n1,2,3,4\n", r"found 'x' in columns 1 and 3; 'y' in columns 2 and 4$"),
+        ("a,b\n1,2\n3," + "9" * 140_000 + "\n", r"line 3: expected cells of at most 131072 char"),
         ("a,b\n", "found only a header"),
         ("", "found an empty file"),
     ],
@@ -175,6 +276,34 @@ def test_bad_csv_cells_are_named(tmp_path, text, message):
     (tmp_path / "d.csv").write_text(text)
     with pytest.raises(ValueError, match=message):
         load_data(tmp_path / "d.csv")
+
+
+def test_non_utf8_csv_names_the_file_line_and_byte(tmp_path):
+    # Past the first decoded block, so the line is not where the decoder stopped.
+    text = "a,b\n" + "1,2\n" * 5000 + "café,2\n"
+    (tmp_path / "d.csv").write_bytes(text.encode("latin-1"))
+    with pytest.raises(
+        ValueError, match=r"d\.csv: line 5002: expected UTF-8 text, found byte 0xe9"
+    ):
+        load_data(tmp_path / "d.csv")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"1,2\n3,4\n", r"expected a \.npy file \(NPY header\).*found text starting '1,2 3,4'"),
+        (b"", "found an empty file"),
+        (b"PK\x03\x04" + b"\x00" * 40, r"found a zip archive \(such as \.npz\)"),
+        (b"\x80\x04\x95" + b"\x00" * 20, "found a Python pickle"),
+        (b"\x00\x01\x02\xff" * 4, r"found binary data starting b'\\x00\\x01"),
+    ],
+)
+def test_npy_header_is_checked_first(tmp_path, content, message):
+    (tmp_path / "x.npy").write_bytes(content)
+    with pytest.raises(ValueError, match=message) as err:
+        load_data(tmp_path / "x.npy")
+    assert "allow_pickle" not in str(err.value)
+    assert "Python objects" not in str(err.value)  # it is not an object array: it is no .npy
 
 
 def test_unknown_and_missing_data_files(tmp_path):
