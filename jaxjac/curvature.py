@@ -65,6 +65,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 from jax.typing import ArrayLike
 
+from jaxjac._chunks import map_chunks
 from jaxjac.activations import Activation, get_activation
 from jaxjac.closed_form import _forward
 from jaxjac.derivatives import _batch_weight_jacobian
@@ -269,12 +270,15 @@ def _flat(operator: Callable[[Any], Any], params: Any):
     return flat, unravel, lambda w: ravel_pytree(operator(unravel(w)))[0]
 
 
-def _map(fn: Callable, xs: Any, chunk_size: int | None) -> Any:
-    """``fn`` over the leading axis: one vmap, or sequential vmapped chunks to bound memory."""
-    n = jax.tree_util.tree_leaves(xs)[0].shape[0]
-    if chunk_size is None or chunk_size >= n:
-        return jax.vmap(fn)(xs)
-    return jax.lax.map(fn, xs, batch_size=chunk_size)
+def _map(fn: Callable, xs: jax.Array, chunk_size: int | None) -> Any:
+    """``fn`` over the rows of ``xs``: one vmap, or sequential vmapped chunks to bound memory.
+
+    Chunks go through :func:`jaxjac._chunks.map_chunks`: each is written into the output in
+    place and a last partial chunk is moved back to end at the last row, so peak memory is one
+    chunk of ``chunk_size`` rows (``lax.map(batch_size=)`` runs the remainder as a second
+    program whose working set adds to the first's).
+    """
+    return map_chunks(jax.vmap(fn), xs, chunk_size)
 
 
 def _check_positive(name: str, value: int | None, *, allow_none: bool = False) -> None:
@@ -533,7 +537,10 @@ def _lanczos(matvec: MatVec, v0: jax.Array, key: jax.Array, num_iters: int):
     basis orthogonal to rounding, so no ghost copies of converged eigenvalues appear. If the
     Krylov space becomes invariant (``beta`` at rounding level), the run continues from a random
     vector orthogonal to the basis with ``beta = 0``: ``T`` splits into blocks whose eigenvalues
-    are all genuine, and ``num_iters = n`` recovers the whole spectrum.
+    are all genuine, and ``num_iters = n`` recovers the whole spectrum. The restart vector is
+    drawn and orthogonalised only at a breakdown (:func:`jax.lax.cond`), so an ordinary step
+    costs one product and one double Gram-Schmidt pass (under ``vmap`` the cond becomes a
+    select and both branches run).
     """
     n, m, dtype = v0.shape[0], num_iters, v0.dtype
     tol = 10 * math.sqrt(n) * jnp.finfo(dtype).eps
@@ -552,13 +559,13 @@ def _lanczos(matvec: MatVec, v0: jax.Array, key: jax.Array, num_iters: int):
         w = orthogonalise(hv, basis)
         b = jnp.linalg.norm(w)
         key, sub = jax.random.split(key)
-        r = orthogonalise(jax.random.normal(sub, (n,), dtype), basis)
         breakdown = b <= tol * jnp.linalg.norm(hv)
-        nxt = jnp.where(
-            breakdown,
-            r / jnp.maximum(jnp.linalg.norm(r), tiny),
-            w / jnp.where(breakdown, 1, b),
-        )
+
+        def restart():  # only at breakdown: a random direction orthogonal to the basis
+            r = orthogonalise(jax.random.normal(sub, (n,), dtype), basis)
+            return r / jnp.maximum(jnp.linalg.norm(r), tiny)
+
+        nxt = jax.lax.cond(breakdown, restart, lambda: w / b)
         basis = basis.at[j + 1].set(nxt)
         alpha = alpha.at[j].set(jnp.vdot(v, hv))
         beta = beta.at[j].set(jnp.where(breakdown, 0, b))
@@ -730,13 +737,34 @@ def spectral_density(
 
 
 def _ntk_jacobian(f, params, x1, x2, chunk_size):
-    def flat_jacobian(x):
-        jac = _batch_weight_jacobian(f, params, x, mode="rev", chunk_size=chunk_size)
-        leaves = jax.tree_util.tree_leaves(jac)
-        n, n_out = leaves[0].shape[:2]
-        return jnp.concatenate([leaf.reshape(n, n_out, -1) for leaf in leaves], axis=-1)
+    """``J2`` whole, ``J1`` ``chunk_size`` rows at a time, contracted leaf by leaf.
 
-    return jnp.einsum("aip,bjp->abij", flat_jacobian(x1), flat_jacobian(x2))
+    Contracting each parameter leaf separately and summing never concatenates the leaves into
+    one ``(N, n_out, P)`` array (a copy of the whole Jacobian); forming ``x1``'s Jacobians in
+    chunks, each contracted with ``J2`` as soon as it exists, bounds their memory by the chunk.
+    ``x2 = None`` means ``x1``: its Jacobians are formed once and contracted with themselves.
+    """
+    jac2 = _batch_weight_jacobian(f, params, x1 if x2 is None else x2, "rev", chunk_size)
+
+    def block(jac1):  # leaves (c, n_out) + leaf.shape -> Θ[rows]: (c, N2, n_out, n_out)
+        def contract(j1, j2):
+            return jnp.einsum(
+                "aip,bjp->abij", j1.reshape(*j1.shape[:2], -1), j2.reshape(*j2.shape[:2], -1)
+            )
+
+        terms = jax.tree_util.tree_leaves(jax.tree_util.tree_map(contract, jac1, jac2))
+        return functools.reduce(jnp.add, terms)
+
+    if x2 is None:
+        if chunk_size is None or chunk_size >= x1.shape[0]:
+            return block(jac2)
+
+        def rows(idx):  # a chunk of x1's Jacobians, sliced from the ones already formed
+            return block(jax.tree_util.tree_map(lambda j: j[idx], jac2))
+
+        return map_chunks(rows, jnp.arange(x1.shape[0]), chunk_size)
+    jacobians = functools.partial(_batch_weight_jacobian, f, params, mode="rev")
+    return map_chunks(lambda xs: block(jacobians(xs)), x1, chunk_size)
 
 
 def _ntk_products(f, params, x1, x2):
@@ -780,8 +808,11 @@ def ntk(
             contracted over ``P``. ``"ntvp"``: NTK-vector products ``J1 (J2ᵀ u)`` against the
             ``N2 · n_out`` unit cotangents ``u`` (one VJP and one JVP each), never forming a
             Jacobian. Both are exact.
-        chunk_size: ``"jacobian"``: examples per chunk of Jacobians; ``"ntvp"``: products at
-            once. ``None``: all at once.
+        chunk_size: ``"jacobian"``: examples whose Jacobians are formed at once (``x2``'s are
+            formed in such chunks and kept whole; ``x1``'s are contracted with them chunk by
+            chunk and dropped, so memory is ``(N2 + chunk_size) n_out P``; for ``x2 = None``
+            the Jacobians are formed once, ``N1 n_out`` VJPs); ``"ntvp"``: products at once.
+            ``None``: all at once. Results do not depend on it.
 
     Returns:
         ``(N1, N2, n_out, n_out)``, the neural-tangents layout: example axes first, then the
@@ -790,11 +821,10 @@ def ntk(
     """
     _check_positive("chunk_size", chunk_size, allow_none=True)
     x1 = jnp.asarray(x1)
-    x2 = x1 if x2 is None else jnp.asarray(x2)
     if method == "jacobian":
-        return _ntk_jacobian(f, params, x1, x2, chunk_size)
+        return _ntk_jacobian(f, params, x1, None if x2 is None else jnp.asarray(x2), chunk_size)
     if method == "ntvp":
-        return _ntk_ntvp(f, params, x1, x2, chunk_size)
+        return _ntk_ntvp(f, params, x1, x1 if x2 is None else jnp.asarray(x2), chunk_size)
     raise ValueError(f"method must be 'jacobian' or 'ntvp', got {method!r}")
 
 
@@ -887,17 +917,38 @@ def ntk_memory(
     chunk_size: int | None = None,
     itemsize: int = 8,
 ) -> int:
-    """Bytes of the dominant arrays of each NTK route (beyond the network's own activations).
+    r"""Bytes each NTK route holds beyond its arguments: XLA's temporaries plus the output Θ.
+
+    An upper bound on the peak, counted from what each route must keep alive at once (as
+    XLA's CPU buffer assignment lays it out); the scheduler often does better, e.g. by
+    contracting one parameter leaf's Jacobian before forming the next, so the measured peak
+    lies between about a third of this and this. With ``c`` the chunk (``"jacobian"``:
+    examples of ``x1`` at a time, ``min(chunk_size, N1)``; ``"ntvp"``: products at once,
+    ``min(chunk_size, N2 n_out)``; ``None``: all), ``P`` the parameter count, ``K = N1 N2 n_out²``
+    the kernel and, for a network with layer sizes ``[n_in, h_1, …, n_out]``,
+    ``H = Σ_l out_l`` (every layer's outputs) and ``h = Σ h_l`` (hidden widths only):
 
     ==============  ====================================================================
     ``method``      elements held at the peak
     ==============  ====================================================================
-    ``"jacobian"``  ``(N1 + N2) n_out P`` (both Jacobians) ``+ N1 N2 n_out²`` (Θ)
-    ``"ntvp"``      ``c (P + N1 n_out)`` (``c = chunk_size`` or ``N2 n_out`` cotangents'
-                    VJPs and JVPs) ``+ N1 N2 n_out²``
-    ``"mlp"``       ``Σ_l (N1 + N2)(n_out out_l + in_l)`` (adjoints, layer inputs)
-                    ``+ 2 N1 N2 n_out²`` (Θ and one layer's term); no ``P`` term
+    ``"jacobian"``  ``(N2 + c) n_out P``: ``x2``'s Jacobians whole and one chunk of
+                    ``x1``'s, contracted leaf by leaf (never concatenated); ``+ K``.
+                    Activations: ``(c2 + c)(n_out H + 2h)``, the ``n_out`` reverse
+                    sweeps' cotangents and the stored activations and derivatives of the
+                    examples being differentiated (``c2 = min(chunk_size, N2)``).
+    ``"ntvp"``      ``(2c + 1) P``: the ``c`` VJPs' parameter cotangents, a second copy of
+                    them in the layout the JVP's contractions read, and one transposed
+                    copy of the weights; ``+ c (N1 + N2) n_out`` (unit cotangents and JVP
+                    outputs) ``+ K``. Activations: ``(N1 + N2)(c H + 2h)``, the per-product
+                    tangents and cotangents and the two linearisations' residuals.
+    ``"mlp"``       ``(N1 + N2)(Σ_l (2 n_out out_l + in_l) + h)``: the adjoints ``G_l``
+                    and a transposed copy for the contraction, the layer inputs and the
+                    activation derivatives; ``+ 2K`` (Θ and one layer's term). No ``P``.
     ==============  ====================================================================
+
+    The activation terms are added when ``sizes`` is given (they need the widths); without
+    it the autodiff routes count only the ``P`` and kernel terms, which dominate when the layers
+    are much wider than the batch (per layer ``in_l out_l`` against ``N in_l``-ish).
 
     Compute: ``"jacobian"`` costs ``(N1 + N2) n_out`` VJPs and an ``N1 N2 n_out² P``
     contraction; ``"ntvp"`` ``N2 n_out`` (VJP + JVP) pairs; ``"mlp"`` one forward and adjoint
@@ -909,22 +960,32 @@ def ntk_memory(
         n2: examples in ``x2``.
         n_out: outputs per example.
         n_params: ``P``, needed by ``"jacobian"`` and ``"ntvp"``.
-        sizes: MLP layer sizes ``[n_in, h_1, …, n_out]``, needed by ``"mlp"``.
-        chunk_size: ``"ntvp"`` products at once (``None``: all).
+        sizes: MLP layer sizes ``[n_in, h_1, …, n_out]``: needed by ``"mlp"``; for the other
+            routes, adds the activation terms.
+        chunk_size: the ``chunk_size`` passed to :func:`ntk` (``None``: all at once).
         itemsize: bytes per element (8 for float64).
 
     Returns:
         Bytes, an integer.
     """
     kernel = n1 * n2 * n_out * n_out
+    if method not in ("jacobian", "ntvp", "mlp"):
+        raise ValueError(f"method must be 'jacobian', 'ntvp' or 'mlp', got {method!r}")
+    if sizes is None and method == "mlp":
+        raise ValueError("method 'mlp' needs the layer sizes")
+    outs = 0 if sizes is None else sum(sizes[1:])  # H
+    hidden = 0 if sizes is None else sum(sizes[1:-1])  # h
+
+    def chunk(n: int) -> int:
+        return n if chunk_size is None else min(chunk_size, n)
+
     if method == "jacobian":
-        return itemsize * ((n1 + n2) * n_out * n_params + kernel)
+        c1, c2 = chunk(n1), chunk(n2)
+        acts = (c1 + c2) * (n_out * outs + 2 * hidden)
+        return itemsize * ((n2 + c1) * n_out * n_params + kernel + acts)
     if method == "ntvp":
-        c = n2 * n_out if chunk_size is None else min(chunk_size, n2 * n_out)
-        return itemsize * (c * (n_params + n1 * n_out) + kernel)
-    if method == "mlp":
-        if sizes is None:
-            raise ValueError("method 'mlp' needs the layer sizes")
-        layers = sum(n_out * o + i for i, o in itertools.pairwise(sizes))
-        return itemsize * ((n1 + n2) * layers + 2 * kernel)
-    raise ValueError(f"method must be 'jacobian', 'ntvp' or 'mlp', got {method!r}")
+        c = chunk(n2 * n_out)
+        acts = (n1 + n2) * (c * outs + 2 * hidden)
+        return itemsize * ((2 * c + 1) * n_params + c * (n1 + n2) * n_out + kernel + acts)
+    layers = sum(2 * n_out * o + i for i, o in itertools.pairwise(sizes))
+    return itemsize * ((n1 + n2) * (layers + hidden) + 2 * kernel)

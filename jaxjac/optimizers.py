@@ -55,6 +55,7 @@ class GaussNewtonState(NamedTuple):
         count: ``()`` int32, number of updates so far.
         cg_residual: ``()``, relative residual ``‖(C + λI) d − g‖ / ‖g‖`` of the last solve
             (as tracked by the CG recursion): how far the fixed number of CG iterations got.
+            Its dtype is that of the raveled parameters (all leaves' promoted dtype).
     """
 
     count: jax.Array
@@ -68,7 +69,7 @@ class SharpnessState(NamedTuple):
         count: ``()`` int32, number of updates so far.
         key: PRNG key for the next Lanczos start vector.
         sharpness: ``()``, the largest Hessian eigenvalue at the last evaluation (NaN before the
-            first).
+            first), in the dtype of the raveled parameters.
     """
 
     count: jax.Array
@@ -101,11 +102,18 @@ def _conjugate_gradient(
     return d, safe_div(jnp.sqrt(rr), jnp.linalg.norm(b))
 
 
-def _first_dtype(params: Any):
-    leaves = jax.tree_util.tree_leaves(params)
-    if not leaves:
+def _flat_dtype(params: Any):
+    """The dtype of ``ravel_pytree(params)[0]``, that of every value the updates compute.
+
+    The curvature products, CG and Lanczos run on raveled vectors, so their scalars (the CG
+    residual, the sharpness) take the raveled dtype: the promotion of all leaves' dtypes, not
+    the first leaf's (float64 for mixed float32/float64 parameters). The state is created with
+    it so that ``lax.cond`` branches and ``scan`` carries keep one dtype. Evaluated abstractly:
+    nothing is raveled.
+    """
+    if not jax.tree_util.tree_leaves(params):
         raise ValueError("params must have at least one array leaf")
-    return jnp.asarray(leaves[0]).dtype
+    return jax.eval_shape(lambda p: ravel_pytree(p)[0], params).dtype
 
 
 def _require(params: Any, batch: Any, who: str) -> None:
@@ -153,7 +161,7 @@ def scale_by_gauss_newton(
     make_operator = _ggn_operator if curvature == "ggn" else _fisher_operator
 
     def init_fn(params):
-        return GaussNewtonState(jnp.zeros((), jnp.int32), jnp.zeros((), _first_dtype(params)))
+        return GaussNewtonState(jnp.zeros((), jnp.int32), jnp.zeros((), _flat_dtype(params)))
 
     def update_fn(updates, state, params=None, *, batch=None, **extra_args):
         del extra_args
@@ -226,7 +234,7 @@ def track_sharpness(
 
     def init_fn(params):
         return SharpnessState(
-            jnp.zeros((), jnp.int32), key, jnp.full((), jnp.nan, _first_dtype(params))
+            jnp.zeros((), jnp.int32), key, jnp.full((), jnp.nan, _flat_dtype(params))
         )
 
     def update_fn(updates, state, params=None, *, batch=None, **extra_args):
