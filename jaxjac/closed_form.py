@@ -128,27 +128,57 @@ def _input_side(params, d1):
     return jts
 
 
-def _jacobian(params, x, act, mode="auto"):
-    fw = _forward(params, x, act, second=False)
-    sizes = [params[0]["W"].shape[1]] + [layer["W"].shape[0] for layer in params]
+# The layer-by-layer Jacobian runs in steps of rows whose carried (rows, n_out or n_in, h) block
+# is near _JACOBIAN_STEP_BYTES, in cache between the GEMM that writes it and the one that reads
+# it, once the whole batch's block exceeds _JACOBIAN_WHOLE_BYTES. Measured at B = 4096: 1.4x
+# faster on [32, 256, 256, 256, 8] (steps of 128 rows), 2.2x on [128, 512, 512, 512, 512, 16]
+# (32 rows); at B = 256 (2 and 8 MiB blocks) one pass is as fast.
+_JACOBIAN_STEP_BYTES = 2**20
+_JACOBIAN_WHOLE_BYTES = 8 * 2**20
+
+
+def _jacobian_side(params, mode: str) -> str:
     if mode == "auto":
+        sizes = [params[0]["W"].shape[1]] + [layer["W"].shape[0] for layer in params]
         cost = jacobian_cost(sizes)
-        mode = "fwd" if cost["fwd"] < cost["rev"] else "rev"
+        return "fwd" if cost["fwd"] < cost["rev"] else "rev"
+    if mode not in ("fwd", "rev"):
+        raise ValueError(f"mode must be 'auto', 'fwd' or 'rev', got {mode!r}")
+    return mode
+
+
+def _value_and_jacobian(params, x, act, mode="auto"):
+    """``(A(x), J(x))``: ``(B, n_out)`` and ``(B, n_out, n_in)``, in cache-sized row steps."""
+    mode = _jacobian_side(params, mode)
+    batch, n_in = x.shape
+    width = n_in if mode == "fwd" else params[-1]["W"].shape[0]
+    per_row = width * max(layer["W"].shape[0] for layer in params) * x.dtype.itemsize
+    rows = max(8, _JACOBIAN_STEP_BYTES // per_row)
+    chunked = batch * per_row > _JACOBIAN_WHOLE_BYTES and rows < batch
+    return map_chunks(
+        lambda b: _value_and_jacobian_rows(params, b, act, mode), x, rows if chunked else None
+    )
+
+
+def _jacobian(params, x, act, mode="auto"):
+    return _value_and_jacobian(params, x, act, mode)[1]
+
+
+def _value_and_jacobian_rows(params, x, act, mode):
+    fw = _forward(params, x, act, second=False)
     batch = x.shape[0]
     if mode == "rev":
         # Carry the n_out rows G = ∂A/∂a_l from the output back to the input.
         g = jnp.broadcast_to(params[-1]["W"], (batch, *params[-1]["W"].shape))
         for layer, s in zip(reversed(params[:-1]), reversed(fw.d1), strict=True):
             g = _mm(g * s[:, None, :], layer["W"])
-        return g
-    if mode == "fwd":
-        # Carry the n_in columns (as rows, see _input_side) from the input to the output.
-        if len(params) == 1:
-            return jnp.broadcast_to(params[0]["W"], (batch, *params[0]["W"].shape))
-        jt = _input_side(params, fw.d1)[-1]
-        jt = _mm(jt * fw.d1[-1][:, None, :], params[-1]["W"].T)  # (B, n_in, n_out)
-        return jnp.swapaxes(jt, 1, 2)
-    raise ValueError(f"mode must be 'auto', 'fwd' or 'rev', got {mode!r}")
+        return fw.out, g
+    # Carry the n_in columns (as rows, see _input_side) from the input to the output.
+    if len(params) == 1:
+        return fw.out, jnp.broadcast_to(params[0]["W"], (batch, *params[0]["W"].shape))
+    jt = _input_side(params, fw.d1)[-1]
+    jt = _mm(jt * fw.d1[-1][:, None, :], params[-1]["W"].T)  # (B, n_in, n_out)
+    return fw.out, jnp.swapaxes(jt, 1, 2)
 
 
 def _output_adjoints(params, d1, batch):

@@ -16,13 +16,16 @@ over the examples ``x⁽¹⁾ … x⁽ᴺ⁾`` of a data set (or samples of an i
 
 Every mean comes with its standard error ``s/√N`` (``s`` the sample standard deviation).
 
-**Streaming.** Examples are processed ``chunk_size`` rows at a time: derivatives on the device
-(one compiled program for every chunk: the last, shorter chunk is padded with copies of its last
-row and the padding is discarded), statistics on the host in float64. Means and variances are
-merged with Chan, Golub and LeVeque's parallel update of (count, mean, M2), the chunked form of
+**Streaming.** Examples are processed ``chunk_size`` rows at a time, each chunk in one compiled
+program (the last, shorter chunk is padded with copies of its last row, which a mask leaves
+out). The derivatives never leave the devices: each device reduces its rows to (count, mean,
+M2) of ``f``, ``J``, ``|J|``, ``J²`` (and ``|H|``) in two passes, one ``psum`` combines the
+devices, and only these moments and one ``σ_max`` per row reach the host, where the chunks are
+merged in float64 with Chan, Golub and LeVeque's parallel update, the chunked form of
 Welford's algorithm, which stays accurate where ``E[x²] - E[x]²`` would cancel. Results agree
-across chunk sizes and with the one-shot computation to rounding (relative 1e-12 in the tests;
-bit for bit across an interrupted-and-resumed run with the same chunk size).
+across chunk sizes and device counts and with the one-shot computation to rounding (relative
+1e-12 in float64 in the tests; bit for bit across an interrupted-and-resumed run with the same
+chunk size). In float32 each chunk's moments carry float32 rounding, as the derivatives do.
 
 **Quantiles in bounded memory.** The ``σ_max`` quantiles come from a sample of at most
 ``reservoir_size`` per-example values: every example gets a pseudo-random priority (a
@@ -33,7 +36,8 @@ subset, the same subset whatever the chunking, and holds *every* example while
 is always exact.
 
 **Checkpoints.** With ``checkpoint=DIR`` the accumulators are written to
-``DIR/sensitivity.checkpoint.npz`` after every chunk (temporary file, fsync, ``os.replace``:
+``DIR/sensitivity.checkpoint.npz`` every ``checkpoint_interval_s``, at the end, and when the
+run stops early (temporary file, fsync, ``os.replace``:
 a crash leaves the previous checkpoint or the new one, never half of one), next to
 ``DIR/sensitivity.checkpoint.json`` holding the fingerprint of the run (model hash, data shape
 and a hash of its first and last rows, options, and any ``fingerprint`` the caller adds, such as
@@ -54,6 +58,7 @@ import math
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -62,14 +67,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 from jax.typing import ArrayLike
 
 from jaxjac import closed_form
 from jaxjac.activations import Activation, get_activation
-from jaxjac.derivatives import batch_input_hessian, batch_input_jacobian
+from jaxjac.derivatives import _input_hessian, _input_jacobian, _jit_entry
 from jaxjac.nets import mlp_apply, validate_mlp_params
 from jaxjac.planner import mlp_activation
-from jaxjac.sharding import make_mesh, sharded
+from jaxjac.sharding import BatchMoments, _reduce, make_mesh
 
 __all__ = [
     "LipschitzSummary",
@@ -194,42 +200,35 @@ def _initial_state(n_out: int, n_in: int, hessian: bool) -> _State:
 
 
 def _accumulate(
-    state: _State,
-    values: np.ndarray,
-    jac: np.ndarray,
-    hess: np.ndarray | None,
-    rows: np.ndarray,
-    reservoir_size: int,
+    state: _State, chunk: Mapping[str, _Moments], sigma: np.ndarray, rows: np.ndarray, size: int
 ) -> _State:
-    """Merge one chunk of per-example results into ``state``.
+    """Merge one chunk's statistics into ``state``.
 
     Args:
         state: the state before this chunk.
-        values: ``(B, n_out)`` float64.
-        jac: ``(B, n_out, n_in)`` float64.
-        hess: ``(B, n_out, n_in, n_in)`` float64 or ``None``.
+        chunk: moments over the chunk's examples of ``values`` ``(n_out,)``, ``grad``,
+            ``abs_grad``, ``sq_grad`` ``(n_out, n_in)`` and, with interactions, ``abs_hess``
+            ``(n_out, n_in, n_in)``, float64.
+        sigma: ``(B,)`` float64, the largest singular value of each example's Jacobian.
         rows: ``(B,)`` 0-based data rows of the examples (priorities of the reservoir).
-        reservoir_size: the most ``σ_max`` values kept for quantiles.
+        size: the most ``σ_max`` values kept for quantiles.
 
     Returns:
         The merged state (``rows_done`` and ``n_dropped`` unchanged).
     """
-    sigma = np.linalg.norm(jac, ord=2, axis=(1, 2))  # largest singular value per example
     best = int(np.argmax(sigma))  # first occurrence: ties keep the earliest row
     lip_max, lip_argmax = state.lip_max, state.lip_argmax
     if sigma[best] > lip_max:
         lip_max, lip_argmax = float(sigma[best]), int(rows[best])
-    keys, res = _merge_reservoir(
-        state.res_keys, state.res_values, _splitmix64(rows), sigma, reservoir_size
-    )
+    keys, res = _merge_reservoir(state.res_keys, state.res_values, _splitmix64(rows), sigma, size)
     abs_hess = state.abs_hess
-    if hess is not None and abs_hess is not None:
-        abs_hess = _merge_moments(abs_hess, _moments_of(np.abs(hess)))
+    if abs_hess is not None:
+        abs_hess = _merge_moments(abs_hess, chunk["abs_hess"])
     return state._replace(
-        values=_merge_moments(state.values, _moments_of(values)),
-        grad=_merge_moments(state.grad, _moments_of(jac)),
-        abs_grad=_merge_moments(state.abs_grad, _moments_of(np.abs(jac))),
-        sq_grad=_merge_moments(state.sq_grad, _moments_of(np.square(jac))),
+        values=_merge_moments(state.values, chunk["values"]),
+        grad=_merge_moments(state.grad, chunk["grad"]),
+        abs_grad=_merge_moments(state.abs_grad, chunk["abs_grad"]),
+        sq_grad=_merge_moments(state.sq_grad, chunk["sq_grad"]),
         abs_hess=abs_hess,
         lip=_merge_moments(state.lip, _moments_of(sigma)),
         lip_max=lip_max,
@@ -412,14 +411,6 @@ class SensitivityReport:
 # --- routes ----------------------------------------------------------------------------------
 
 
-def _values(f: Fn, params: Any, xs: jax.Array) -> jax.Array:
-    return jax.vmap(lambda x: f(params, x))(xs)
-
-
-# Compiled once per (f, shapes), like the entry points of jaxjac.derivatives: f is static.
-_batch_values = jax.jit(_values, static_argnames="f")
-
-
 @functools.cache
 def mlp_function(activation: str | Activation = "tansig") -> Fn:
     """The jaxjac MLP ``f(params, x) = mlp_apply(params, x, activation)`` as one cached object.
@@ -452,46 +443,96 @@ def _resolve_route(f: Fn, params: Any, route: str) -> tuple[str, str | Activatio
     return "closed_form", activation
 
 
-def _derivatives(
-    route: str,
-    activation: Any,
+def _largest_singular_value(jac: jax.Array) -> jax.Array:
+    """``σ_max`` of every matrix of ``jac: (B, m, n)``, shape ``(B,)``.
+
+    The square root of the largest eigenvalue of the smaller Gram matrix (``J Jᵀ`` or ``JᵀJ``):
+    squaring loses the small singular values, not the largest, whose eigenvalue carries an error
+    of a few ``ε ‖G‖ = ε σ_max²``, i.e. a few ε relative in ``σ_max``. A per-example SVD on the
+    host took longer than the Jacobians themselves.
+    """
+    m, n = jac.shape[1:]
+    if min(m, n) == 1:
+        return jnp.sqrt(jnp.sum(jnp.square(jac), axis=(1, 2)))
+    spec = "bij,bkj->bik" if m <= n else "bji,bjk->bik"
+    gram = jnp.einsum(spec, jac, jac, precision=jax.lax.Precision.HIGHEST)  # no TF32 on GPUs
+    return jnp.sqrt(jnp.maximum(jnp.linalg.eigvalsh(gram)[:, -1], 0))
+
+
+def _chunk_derivatives(f, params, xs, route, activation, hessian, n_out):
+    """Values ``(B, n_out)``, Jacobians ``(B, n_out, n_in)`` and Hessians (or ``None``)."""
+    batch, n_in = xs.shape
+    if route == "closed_form":
+        values, jac = closed_form._value_and_jacobian(params, xs, activation)
+        hess = closed_form._hessian(params, xs, activation) if hessian else None
+    else:
+        values = jax.vmap(lambda x: f(params, x))(xs)
+        jac = jax.vmap(lambda x: _input_jacobian(f, params, x))(xs)
+        hess = jax.vmap(lambda x: _input_hessian(f, params, x))(xs) if hessian else None
+    # A scalar f counts as n_out = 1.
+    hess = hess.reshape(batch, n_out, n_in, n_in) if hess is not None else None
+    return values.reshape(batch, n_out), jac.reshape(batch, n_out, n_in), hess
+
+
+class _ChunkStatistics(NamedTuple):
+    """What one chunk sends back from the devices: nothing of the size of its Jacobians."""
+
+    moments: BatchMoments  # over the kept rows: values, grad, abs_grad, sq_grad[, abs_hess]
+    sigma: jax.Array  # (B,) σ_max(J) per row
+    finite: jax.Array  # (B,) bool: the row's value and derivatives are finite
+
+
+@_jit_entry("route", "activation", "hessian", "n_out", "mesh")
+def _chunk_statistics(
     f: Fn,
     params: Any,
     xs: jax.Array,
+    n_kept: jax.Array,
+    *,
+    route: str,
+    activation: Activation | None,
     hessian: bool,
     n_out: int,
-    mesh: Mesh | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Values, Jacobians and Hessians of one padded chunk, as float64 host arrays.
+    mesh: Mesh,
+) -> _ChunkStatistics:
+    """Moments of the derivatives of the first ``n_kept`` rows of ``xs: (B, n_in)``.
 
-    With a ``mesh`` of several devices the chunk's rows are split over them
-    (:func:`jaxjac.sharding.sharded`) and the per-example results gathered: they are needed per
-    example on the host anyway (the largest singular value of each Jacobian, the reservoir).
-
-    Returns:
-        ``(B, n_out)``, ``(B, n_out, n_in)`` and ``(B, n_out, n_in, n_in)`` or ``None``.
+    The rows are split over ``mesh``; each device computes its rows' derivatives and their
+    moments, and one ``psum`` combines the devices (:func:`jaxjac.sharding._reduce`): only the
+    moments and the ``B`` numbers ``σ_max`` leave the devices. Compiled once per chunk shape.
     """
-    batch, n_in = xs.shape
+    axis = mesh.axis_names[0]
+    mask = jnp.arange(xs.shape[0], dtype=jnp.int32) < n_kept
 
-    def run(fn, *args):
-        return fn(*args) if mesh is None or mesh.size == 1 else sharded(fn, mesh)(*args)
+    def local(params, xs, mask):
+        values, jac, hess = _chunk_derivatives(f, params, xs, route, activation, hessian, n_out)
+        summands = {"values": values, "grad": jac, "abs_grad": jnp.abs(jac)}
+        summands["sq_grad"] = jnp.square(jac)
+        finite = jnp.all(jnp.isfinite(values), axis=1) & jnp.all(jnp.isfinite(jac), axis=(1, 2))
+        if hess is not None:
+            summands["abs_hess"] = jnp.abs(hess)
+            finite &= jnp.all(jnp.isfinite(hess), axis=(1, 2, 3))
+        moments = _reduce(summands, mask, "moments", axis)
+        return _ChunkStatistics(moments, _largest_singular_value(jac), finite)
 
-    values = run(_batch_values, f, params, xs)
-    if route == "closed_form":
-        jac = run(closed_form.mlp_jacobian, params, xs, activation)
-        hess = run(closed_form.mlp_hessian, params, xs, activation) if hessian else None
-    else:
-        jac = run(batch_input_jacobian, f, params, xs)
-        hess = run(batch_input_hessian, f, params, xs) if hessian else None
+    rows = P(axis)
+    return jax.shard_map(
+        local,
+        mesh=mesh,
+        in_specs=(P(), rows, rows),
+        out_specs=_ChunkStatistics(P(), rows, rows),
+        check_vma=False,  # as in jaxjac.sharding: the replicated params are not summed
+    )(params, xs, mask)
 
-    def host(a: jax.Array, shape: tuple[int, ...]) -> np.ndarray:
-        return np.asarray(a, np.float64).reshape(shape)  # a scalar output gets n_out = 1
 
-    return (
-        host(values, (batch, n_out)),
-        host(jac, (batch, n_out, n_in)),
-        host(hess, (batch, n_out, n_in, n_in)) if hess is not None else None,
-    )
+def _host_moments(moments: BatchMoments) -> dict[str, _Moments]:
+    """A chunk's device moments as float64 host :class:`_Moments`, by name."""
+    count = int(moments.count)
+
+    def host(a: jax.Array) -> np.ndarray:
+        return np.asarray(a, np.float64)
+
+    return {k: _Moments(count, host(moments.mean[k]), host(moments.m2[k])) for k in moments.mean}
 
 
 # --- validation ------------------------------------------------------------------------------
@@ -851,6 +892,7 @@ def sensitivity(
     resume: bool = False,
     keep_checkpoint: bool = False,
     fingerprint: Mapping[str, Any] | None = None,
+    checkpoint_interval_s: float = 10.0,
     progress: bool = False,
     on_chunk: Callable[[int, int], None] | None = None,
     devices: Any = None,
@@ -878,13 +920,17 @@ def sensitivity(
             ``"autodiff"``.
         dtype: working dtype of the derivatives; the statistics are float64 regardless.
         reservoir_size: the most ``σ_max`` values kept for the quantiles (exact below it).
-        checkpoint: a folder (created if missing) for the checkpoint written after every chunk.
+        checkpoint: a folder (created if missing) for the checkpoint: written after a chunk
+            once ``checkpoint_interval_s`` have passed since the last one, after the last chunk,
+            and when the run stops early (an exception, Ctrl-C), so every finished chunk is kept.
         resume: continue from the checkpoint in ``checkpoint`` (if any) instead of starting over.
         keep_checkpoint: leave the checkpoint in place after success (default: delete it).
         fingerprint: JSON-ready facts a resumed run must match (e.g. the data file's size).
+        checkpoint_interval_s: seconds between checkpoints (``0``: after every chunk). A killed
+            process (``SIGKILL``, power loss) loses at most this much work.
         progress: draw a progress bar on stderr when it is a terminal (needs tqdm).
-        on_chunk: called as ``on_chunk(rows_done, N)`` after every chunk (and its checkpoint);
-            an exception raised there stops the run, leaving the checkpoint to resume from.
+        on_chunk: called as ``on_chunk(rows_done, N)`` after every chunk; an exception raised
+            there stops the run, and the checkpoint then holds every chunk up to that one.
         devices: split every chunk's rows over these devices (``None``: the default device;
             an int takes the first ``n``; a list of devices or a ``Mesh``); same numbers.
 
@@ -914,7 +960,9 @@ def sensitivity(
     outputs = _names(output_names, n_out, "y", "output_names")
     constants = _bound_constants(bounds, variances, n_in)
     device_params = jax.tree_util.tree_map(jnp.asarray, params)
-    mesh = make_mesh(devices) if devices is not None else None
+    mesh = make_mesh(devices if devices is not None else 1)
+    if not drop_nonfinite and not resume:
+        _check_finite(data, 0)  # before anything is written: a refused run leaves no files
 
     state = _initial_state(n_out, n_in, hessian)
     folder = Path(checkpoint) if checkpoint is not None else None
@@ -935,38 +983,62 @@ def sensitivity(
             state = loaded
         elif not (resume and (folder / CHECKPOINT_JSON).exists()):
             _start_checkpoint(folder, meta, config_hash)
-    if not drop_nonfinite:
+    if not drop_nonfinite and resume:
         _check_finite(data, state.rows_done)
 
     chunk = n_rows if chunk_size is None else min(chunk_size, n_rows)
-    with _progress_bar(n_rows, state.rows_done, progress) as bar:
-        while state.rows_done < n_rows:
-            start = state.rows_done
-            stop = min(start + chunk, n_rows)
-            block = np.asarray(data[start:stop])
-            rows = np.arange(start, stop, dtype=np.int64)
-            finite = _finite_rows(block)
-            if not finite.all():
-                if not drop_nonfinite:  # the file changed since the scan
-                    local = int(np.argmin(finite))
-                    raise _nonfinite_error(block, start + local, local)
-                block, rows = block[finite], rows[finite]
-            if block.shape[0]:
-                padded = jnp.asarray(_pad(block, chunk), dtype=work)
-                values, jac, hess = _derivatives(
-                    route_used, activation, f, device_params, padded, hessian, n_out, mesh
+    padded_rows = -(-chunk // mesh.size) * mesh.size  # every device gets as many rows
+    saved = state
+    last_save = time.monotonic()
+    try:
+        with _progress_bar(n_rows, state.rows_done, progress) as bar:
+            while state.rows_done < n_rows:
+                start = state.rows_done
+                stop = min(start + chunk, n_rows)
+                block = np.asarray(data[start:stop])
+                rows = np.arange(start, stop, dtype=np.int64)
+                finite = _finite_rows(block)
+                if not finite.all():
+                    if not drop_nonfinite:  # the file changed since the scan
+                        local = int(np.argmin(finite))
+                        raise _nonfinite_error(block, start + local, local)
+                    block, rows = block[finite], rows[finite]
+                if block.shape[0]:
+                    stats = _chunk_statistics(
+                        f,
+                        device_params,
+                        jnp.asarray(_pad(block, padded_rows), dtype=work),
+                        np.int32(block.shape[0]),  # the mask: padding rows are left out
+                        route=route_used,
+                        activation=activation,
+                        hessian=hessian,
+                        n_out=n_out,
+                        mesh=mesh,
+                    )
+                    ok = np.asarray(stats.finite)[: block.shape[0]]
+                    if not ok.all():
+                        raise _nonfinite_derivatives_error(int(rows[int(np.argmin(ok))]))
+                    sigma = np.asarray(stats.sigma, np.float64)[: block.shape[0]]
+                    moments = _host_moments(stats.moments)
+                    state = _accumulate(state, moments, sigma, rows, reservoir_size)
+                state = state._replace(
+                    rows_done=stop, n_dropped=state.n_dropped + int(np.sum(~finite))
                 )
-                kept = slice(0, block.shape[0])  # the mask: padding rows are discarded here
-                values, jac = values[kept], jac[kept]
-                hess = hess[kept] if hess is not None else None
-                _check_derivatives(values, jac, hess, rows)
-                state = _accumulate(state, values, jac, hess, rows, reservoir_size)
-            state = state._replace(rows_done=stop, n_dropped=state.n_dropped + int(np.sum(~finite)))
-            if folder is not None:
+                if folder is not None and (
+                    stop == n_rows or time.monotonic() - last_save >= checkpoint_interval_s
+                ):
+                    _save_checkpoint(folder, state, config_hash)
+                    saved, last_save = state, time.monotonic()
+                bar.update(stop - start)
+                if on_chunk is not None:
+                    on_chunk(stop, n_rows)
+    except BaseException:
+        # Interrupted (an error, Ctrl-C, on_chunk stopping the run): keep every finished chunk.
+        # ``state`` only ever holds whole chunks, so it is consistent whatever was cut short.
+        if folder is not None and state.rows_done > saved.rows_done:
+            with contextlib.suppress(OSError):
                 _save_checkpoint(folder, state, config_hash)
-            bar.update(stop - start)
-            if on_chunk is not None:
-                on_chunk(stop, n_rows)
+        raise
 
     if state.values.n == 0:
         raise ValueError(
@@ -987,15 +1059,8 @@ def sensitivity(
     return report
 
 
-def _check_derivatives(
-    values: np.ndarray, jac: np.ndarray, hess: np.ndarray | None, rows: np.ndarray
-) -> None:
-    ok = np.all(np.isfinite(values), axis=1) & np.all(np.isfinite(jac), axis=(1, 2))
-    if hess is not None:
-        ok &= np.all(np.isfinite(hess), axis=(1, 2, 3))
-    if not ok.all():
-        row = int(rows[int(np.argmin(ok))]) + 1
-        raise ValueError(
-            f"f or its derivatives are not finite at data row {row} (1-based): expected finite "
-            "values for finite inputs (overflow in the model?)"
-        )
+def _nonfinite_derivatives_error(row: int) -> ValueError:
+    return ValueError(
+        f"f or its derivatives are not finite at data row {row + 1} (1-based): expected finite "
+        "values for finite inputs (overflow in the model?)"
+    )

@@ -348,22 +348,25 @@ def _():
     import importlib
 
     module = importlib.import_module("jaxjac.sensitivity")  # jj.sensitivity is the function
-    real, meshes = module.sharded, []
+    real, seen = module._chunk_statistics, []
 
-    def spy(fn, mesh, **kwargs):
-        meshes.append(mesh.size)
-        return real(fn, mesh, **kwargs)
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        # The mesh asked for, and the devices the per-row results really live on.
+        seen.append((kwargs["mesh"].size, len(out.sigma.sharding.device_set)))
+        return out
 
     params = _params((3, 6, 2), seed=6)
     xs = np.asarray(_xs(30, seed=7))
-    one = jj.sensitivity(_cube_net, params, xs, chunk_size=11, hessian=True)
-    assert meshes == []
-    module.sharded = spy
+    module._chunk_statistics = spy
     try:
+        one = jj.sensitivity(_cube_net, params, xs, chunk_size=11, hessian=True)
+        assert seen and set(seen) == {(1, 1)}, seen
+        seen.clear()
         many = jj.sensitivity(_cube_net, params, xs, chunk_size=11, hessian=True, devices=N_DEVICES)
     finally:
-        module.sharded = real
-    assert meshes and set(meshes) == {N_DEVICES}, meshes  # values, Jacobian, Hessian per chunk
+        module._chunk_statistics = real
+    assert len(seen) == 3 and set(seen) == {(N_DEVICES, N_DEVICES)}, seen  # 3 chunks of 11 rows
     assert one.route == many.route == "autodiff"
     for name in ("mean_abs", "dgsm"):
         a, b = getattr(one, name), getattr(many, name)
