@@ -9,9 +9,11 @@ Protocol, per workload (net, batch, dtype) and task:
    (their spinning worker threads take the cores from each other, ANCHORS.md).
 3. Per route: the first call (compile + one run, or torch's warm-up) is timed on its own; its
    result is checked against the reference (dtype, shapes, ``max|got - ref| / max|ref|`` within
-   ``4 sqrt(eps)``) *before* any timing counts; then warm-up calls, then ``--repeats`` timed calls,
-   each ending in ``jax.block_until_ready`` (torch on CPU is synchronous). Reported: median and the
-   interquartile range, min and max; ``compile s`` = first call - median run.
+   ``4 sqrt(eps)``) *before* any timing counts; then warm-up calls. When every route of the
+   task is ready, they are timed together, round-robin (one call of each route per round, up to
+   ``--repeats`` rounds), each call ending in ``jax.block_until_ready`` (torch on CPU is
+   synchronous): a drift of the machine's speed hits every route alike. Reported: median and
+   the interquartile range, min and max; ``compile s`` = first call - median run.
 4. Matmul peak in the same run: ``jit(jnp.dot)`` on 2048x2048 float32 and float64, ``2 n³`` FLOPs,
    the fastest of several calls, at the start and at the end of the run (the larger counts); and
    the bandwidth of ``jit(lambda a: 2 a)`` on 256 MiB (read + fresh write), for write-bound tasks.
@@ -31,7 +33,6 @@ Exit status 0 even when targets fail (they are reported); 1 if a route gave a wr
 from __future__ import annotations
 
 import argparse
-import contextlib
 import ctypes
 import datetime
 import gc
@@ -147,10 +148,11 @@ def _block(route: W.Route):
     return (lambda out: out) if route.lib == "torch" else jax.block_until_ready
 
 
-def time_route(
-    route: W.Route, wl: W.Workload, ref: list, *, repeats: int, min_repeats: int, budget_s: float
-):
-    """Run one route: first call, correctness check, warm-up, timed repeats. Returns a record."""
+def prepare_route(route: W.Route, wl: W.Workload, ref: list) -> tuple[Any, dict]:
+    """First call (compile + one run, or torch's warm-up), correctness check, warm-up.
+
+    Returns the timed callable (``None`` if the result is wrong) and the record so far.
+    """
     block = _block(route)
     fn = route.make(wl)
     t0 = time.perf_counter()
@@ -167,30 +169,54 @@ def time_route(
     if not err <= tol or wrong_dtype:
         rec["status"] = "wrong"
         rec["note"] = f"error {err:.2g} > tol {tol:.2g}" if not err <= tol else f"dtype {dtypes}"
-        return rec
-    # Warm-up after the first call: three for fast routes (the first route after a float64
-    # reference also re-maps freed memory), one above 0.2 s, none above 1 s.
+        return None, rec
+    # Warm-up after the first call: three for fast routes, one above 0.2 s, none above 1 s.
     for _ in range(0 if first > 1 else 1 if first > 0.2 else 3):
         block(fn())
-    times: list[float] = []
-    while len(times) < repeats:
-        t0 = time.perf_counter()
-        block(fn())
-        times.append(time.perf_counter() - t0)
-        if len(times) >= min_repeats and sum(times) > budget_s:
-            break
-    q1, med, q3 = np.percentile(times, [25, 50, 75])
-    rec.update(
-        status="ok",
-        times_s=times,
-        median_s=float(med),
-        p25_s=float(q1),
-        p75_s=float(q3),
-        min_s=min(times),
-        max_s=max(times),
-        compile_s=max(0.0, first - float(med)),
-    )
-    return rec
+    return fn, rec
+
+
+def time_round_robin(
+    prepared: dict[str, tuple[Any, W.Route]], *, repeats: int, min_repeats: int, budget_s: float
+) -> dict[str, dict]:
+    """Timed calls in rounds, one call of every route per round, until each has ``repeats``.
+
+    Round-robin within one library, not one route after another: a drift of the machine's speed
+    (a neighbour's load, the CPU's clock) then hits every route alike instead of whichever
+    route happened to run during it, so the ratios between routes stay fair. A route stops
+    early once it has ``min_repeats`` timed calls and has used ``budget_s`` seconds in all.
+    """
+    times: dict[str, list[float]] = {name: [] for name in prepared}
+    active = list(prepared)
+    while active:
+        for name in list(active):
+            fn, route = prepared[name]
+            block = _block(route)
+            # The first call after another route runs on cold caches and re-mapped pages (the
+            # one after vmap(jacfwd) took 10-15 % longer): a fast route gets an untimed call
+            # first; for a route of a quarter second or more that cost is in the noise.
+            if not times[name] or min(times[name]) < 0.25:
+                block(fn())
+            t0 = time.perf_counter()
+            block(fn())
+            times[name].append(time.perf_counter() - t0)
+            done = len(times[name]) >= repeats
+            spent = len(times[name]) >= min_repeats and sum(times[name]) > budget_s
+            if done or spent:
+                active.remove(name)
+    out = {}
+    for name, ts in times.items():
+        q1, med, q3 = np.percentile(ts, [25, 50, 75])
+        out[name] = {
+            "status": "ok",
+            "times_s": ts,
+            "median_s": float(med),
+            "p25_s": float(q1),
+            "p75_s": float(q3),
+            "min_s": min(ts),
+            "max_s": max(ts),
+        }
+    return out
 
 
 # --- memory (fresh subprocess per measurement) --------------------------------------------------
@@ -371,19 +397,11 @@ def run_task(net, batch, dtype, task, args, peak, lib) -> list[dict]:
     flops = W.flops_per_example(task, wl.sizes) * wl.batch
     out_bytes = W.output_bytes(task, wl)
     records = []
-    all_routes = W.routes(task)
-    # One library per call: main() runs every JAX block before any torch block. Every route
-    # that will be timed is called once first, so none is timed straight after the float64
-    # reference (its freed memory has to be mapped again): the first route timed used to pay.
-    first_calls: dict[str, float] = {}
-    for route in (r for r in all_routes if r.lib == lib):
-        if W.route_unavailable(route) is None and route.mem(wl) <= budget:
-            with contextlib.suppress(Exception):  # a failing route is reported when timed
-                t0 = time.perf_counter()
-                _block(route)(route.make(wl)())
-                first_calls[route.name] = time.perf_counter() - t0  # includes compilation
-    gc.collect()
-    for route in (r for r in all_routes if r.lib == lib):
+    # One library per call: main() runs every JAX block before any torch block. Every route is
+    # compiled, checked and warmed up first; then all are timed together, round-robin.
+    prepared: dict[str, tuple[Any, W.Route]] = {}
+    by_name: dict[str, dict] = {}
+    for route in (r for r in W.routes(task) if r.lib == lib):
         rec = {**base, "route": route.name, "family": route.family, "lib": lib}
         rec.update(flops=flops, output_bytes=out_bytes, reference_s=ref_s)
         why = W.route_unavailable(route)
@@ -394,24 +412,45 @@ def run_task(net, batch, dtype, task, args, peak, lib) -> list[dict]:
             rec.update(status="skipped", note=why)
         else:
             try:
-                timing = time_route(
-                    route,
-                    wl,
-                    ref,
-                    repeats=args.repeats,
-                    min_repeats=2 if args.quick else 3,
-                    budget_s=args.route_budget_s,
-                )
-                if route.name in first_calls and "median_s" in timing:  # primed: it compiled
-                    timing["first_call_s"] = first_calls[route.name]
-                    timing["compile_s"] = max(0.0, first_calls[route.name] - timing["median_s"])
-                rec.update(timing)
+                fn, first = prepare_route(route, wl, ref)
+                rec.update(first)
+                if fn is not None:
+                    prepared[route.name] = (fn, route)
             except Exception as exc:  # a failing route is a result, not a crash
                 rec.update(status="failed", note=f"{type(exc).__name__}: {str(exc)[:200]}")
         records.append(rec)
+        by_name[route.name] = rec
+    gc.collect()
+    try:
+        timings = time_round_robin(
+            prepared,
+            repeats=args.repeats,
+            min_repeats=2 if args.quick else 3,
+            budget_s=args.route_budget_s,
+        )
+    except Exception as exc:  # a route that fails only when timed: time the others again
+        timings = {}
+        for name in list(prepared):
+            try:
+                timings.update(
+                    time_round_robin(
+                        {name: prepared[name]},
+                        repeats=args.repeats,
+                        min_repeats=2 if args.quick else 3,
+                        budget_s=args.route_budget_s,
+                    )
+                )
+            except Exception:
+                by_name[name].update(status="failed", note=f"{type(exc).__name__}: {exc!s:.200}")
+    for name, timing in timings.items():
+        rec = by_name[name]
+        rec.update(timing)
+        rec["compile_s"] = max(0.0, rec["first_call_s"] - timing["median_s"])
+    for rec in records:
         print(_line(label, task, rec, peak), flush=True)
-        if lib == "torch":
-            gc.collect()
+    prepared.clear()
+    if lib == "torch":
+        gc.collect()
     if args.memory == "all":
         for rec in records:
             if rec.get("status") == "ok" and task != "sensitivity":
@@ -613,8 +652,9 @@ def write_markdown(path: Path, data: dict) -> None:
         f"{peak['gflops_float64']:.0f} GFLOP/s float64 (2048³ `jnp.dot`, fastest call, the "
         f"better of the run's start and end); copy "
         f"{peak['copy_gbps']:.1f} GB/s (read + fresh write).",
-        f"- {data['repeats']} timed calls per route after warm-up (fewer where a route exceeds "
-        f"{data['route_budget_s']:g} s in all); results checked against float64 before timing.",
+        f"- {data['repeats']} timed calls per route after warm-up, round-robin over the routes "
+        f"of a task (fewer where a route exceeds {data['route_budget_s']:g} s in all); results "
+        "checked against float64 before timing.",
         "",
         "Columns: `compile s` = first call - median; `median ms` and the interquartile range; "
         "`vs naive` = best naive JAX median / this median and `vs torch` = best torch.func "
