@@ -27,7 +27,9 @@ output ``k`` at once (second-order Taylor mode; one pass costs a small constant 
 pass whatever ``f_out`` is, whereas forward-over-reverse HVPs need one reverse pass per output).
 Cost ``n`` such passes; ``method`` chooses vmap (all directions at once) or loop, as above.
 For MLPs :func:`jaxjac.closed_form.mlp_laplacian` is faster still: it sums over directions
-inside every layer instead of at the end.
+inside every layer instead of at the end. The batched helpers take these closed forms (and the
+closed-form Jacobian for determinants) when ``f`` is ``functools.partial(mlp_apply, params[,
+activation=…])``, jaxjac's MLP as a function of ``x``.
 
 **Stochastic traces** for large ``n`` (Hutchinson 1989): ``tr A = E[vᵀ A v]`` for probes with
 ``E[v vᵀ] = I``. Rademacher probes (default) have variance ``2 Σ_{i≠j} S_ij²`` per probe,
@@ -164,7 +166,11 @@ def _second_directional(f: Fn, x: jax.Array, v: jax.Array) -> jax.Array:
 def _slogdet_jacobian(f: Fn, x: ArrayLike) -> tuple[jax.Array, jax.Array]:
     x = _as_float(x)
     _check_square(f, x, "a Jacobian determinant")
-    jac = jax.jacfwd(f)(x).reshape(x.size, x.size)
+    return _slogdet(jax.jacfwd(f)(x).reshape(x.size, x.size))
+
+
+def _slogdet(jac: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(sign, log|det|)`` of ``(..., n, n)`` matrices, ``-inf`` (never NaN) where singular."""
     # slogdet, not det: det multiplies n LU pivots and under- or overflows for moderate n (a
     # 200-dimensional flow scaling each axis by 0.02 has det 1e-340 = 0.0 in float64, so
     # log|det| = -inf), while slogdet sums their logs from the same LU and stays finite.
@@ -172,6 +178,22 @@ def _slogdet_jacobian(f: Fn, x: ArrayLike) -> tuple[jax.Array, jax.Array]:
     # An exactly singular LU already gives sign 0 and log|det| = -inf; pin the pair so no
     # backend's pivoting path can leak a NaN (from log 0 - log 0) into the sign-0 case.
     return sign, jnp.where(sign == 0, -jnp.inf, logabsdet)
+
+
+def _batch_slogdet(f: Fn, xs: jax.Array, chunk_size: int | None) -> tuple[jax.Array, jax.Array]:
+    """``(sign, log|det|)`` per row of ``xs``; jaxjac's MLP takes its closed-form Jacobian."""
+    mlp = _mlp_of_x(f) if xs.ndim == 2 else None
+    if mlp is None:
+        return _map_batch(lambda x: _slogdet_jacobian(f, x), xs, chunk_size)
+    params, act = mlp
+    check_mlp_input(params, xs)
+    _as_float(xs)
+    _check_square(f, jax.ShapeDtypeStruct(xs.shape[1:], xs.dtype), "a Jacobian determinant")
+    _check_chunk_size(chunk_size)
+    # The layer product in cache-sized row steps: 1.3x faster than vmap(jacfwd) at B = 4096.
+    return map_chunks(
+        lambda rows: _slogdet(closed_form._jacobian(params, rows, act)), xs, chunk_size
+    )
 
 
 def _jacobian_det(f: Fn, x: ArrayLike) -> jax.Array:
@@ -361,7 +383,9 @@ def batch_slogdet_jacobian(
     """:func:`slogdet_jacobian` of every example along a leading batch axis.
 
     Args:
-        f: ``f(x) -> array`` of ``x.shape`` for one example.
+        f: ``f(x) -> array`` of ``x.shape`` for one example. For ``functools.partial(mlp_apply,
+            params[, activation=…])`` with ``xs`` of shape ``(B, n)`` the closed-form Jacobian
+            (:func:`jaxjac.closed_form.mlp_jacobian`) replaces autodiff.
         xs: ``(B,) + x.shape``.
         chunk_size: examples per vectorised chunk to bound peak memory (dividing ``B`` or not);
             ``None`` vectorises the whole batch. Same results.
@@ -369,7 +393,7 @@ def batch_slogdet_jacobian(
     Returns:
         ``(sign, logabsdet)``, each ``(B,)``.
     """
-    return _map_batch(lambda x: _slogdet_jacobian(f, x), jnp.asarray(xs), chunk_size)
+    return _batch_slogdet(f, jnp.asarray(xs), chunk_size)
 
 
 @_jit_entry("chunk_size")
@@ -384,7 +408,8 @@ def batch_jacobian_det(f: Fn, xs: ArrayLike, *, chunk_size: int | None = None) -
     Returns:
         ``(B,)``.
     """
-    return _map_batch(lambda x: _jacobian_det(f, x), jnp.asarray(xs), chunk_size)
+    sign, logabsdet = _batch_slogdet(f, jnp.asarray(xs), chunk_size)
+    return sign * jnp.exp(logabsdet)  # singular: 0 · exp(-inf) = 0 · 0 = 0, never NaN
 
 
 @_jit_entry("chunk_size")
@@ -399,7 +424,7 @@ def batch_log_abs_det_jacobian(f: Fn, xs: ArrayLike, *, chunk_size: int | None =
     Returns:
         ``(B,)``.
     """
-    return _map_batch(lambda x: _log_abs_det_jacobian(f, x), jnp.asarray(xs), chunk_size)
+    return _batch_slogdet(f, jnp.asarray(xs), chunk_size)[1]
 
 
 @_jit_entry("method")

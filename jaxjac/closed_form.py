@@ -148,17 +148,20 @@ def _jacobian_side(params, mode: str) -> str:
     return mode
 
 
+def _jacobian_step_rows(params, batch: int, itemsize: int, mode: str = "auto") -> int | None:
+    """Rows per step of the closed-form Jacobian of ``batch`` rows, or ``None`` for one pass."""
+    mode = _jacobian_side(params, mode)
+    width = params[0]["W"].shape[1] if mode == "fwd" else params[-1]["W"].shape[0]
+    per_row = width * max(layer["W"].shape[0] for layer in params) * itemsize
+    rows = max(8, _JACOBIAN_STEP_BYTES // per_row)
+    return rows if batch * per_row > _JACOBIAN_WHOLE_BYTES and rows < batch else None
+
+
 def _value_and_jacobian(params, x, act, mode="auto"):
     """``(A(x), J(x))``: ``(B, n_out)`` and ``(B, n_out, n_in)``, in cache-sized row steps."""
     mode = _jacobian_side(params, mode)
-    batch, n_in = x.shape
-    width = n_in if mode == "fwd" else params[-1]["W"].shape[0]
-    per_row = width * max(layer["W"].shape[0] for layer in params) * x.dtype.itemsize
-    rows = max(8, _JACOBIAN_STEP_BYTES // per_row)
-    chunked = batch * per_row > _JACOBIAN_WHOLE_BYTES and rows < batch
-    return map_chunks(
-        lambda b: _value_and_jacobian_rows(params, b, act, mode), x, rows if chunked else None
-    )
+    rows = _jacobian_step_rows(params, x.shape[0], x.dtype.itemsize, mode)
+    return map_chunks(lambda b: _value_and_jacobian_rows(params, b, act, mode), x, rows)
 
 
 def _jacobian(params, x, act, mode="auto"):

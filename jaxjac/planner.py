@@ -56,6 +56,8 @@ class Plan(NamedTuple):
         temp_bytes_fixed: XLA temporary memory independent of the batch.
         max_memory_bytes: the budget asked for, if any.
         reasons: one sentence per decision.
+        step_rows: rows the program itself processes at a time within a chunk (the closed-form
+            Jacobian of a large batch steps through cache-sized blocks of rows), or ``None``.
     """
 
     task: str
@@ -70,17 +72,14 @@ class Plan(NamedTuple):
     temp_bytes_fixed: int | None
     max_memory_bytes: int | None
     reasons: tuple[str, ...]
+    step_rows: int | None = None
 
     @property
     def temp_bytes(self) -> int | None:
         """Estimated peak temporary memory at the chosen chunk size."""
         if self.temp_bytes_per_example is None:
             return None
-        if self.chunk_size is None or self.chunk_size >= self.batch:
-            return self.temp_bytes_fixed + self.batch * self.temp_bytes_per_example
-        # Chunked, a chunk's own result is a temporary too, until it is copied into the output.
-        per_row = self.temp_bytes_per_example + _result_bytes_per_example(self)
-        return self.temp_bytes_fixed + self.chunk_size * per_row
+        return _temp_bytes(self, self.chunk_size)
 
     def __str__(self) -> str:
         chunk = "whole batch" if self.chunk_size is None else f"chunks of {self.chunk_size}"
@@ -94,11 +93,14 @@ class Plan(NamedTuple):
                 if self.max_memory_bytes is not None
                 else ""
             )
-            chunked = self.chunk_size is not None and self.chunk_size < self.batch
+            rows = self.batch if self.chunk_size is None else min(self.chunk_size, self.batch)
+            stepped = self.step_rows is not None and self.step_rows < rows
+            chunked = stepped or rows < self.batch
             result = _fmt_bytes(_result_bytes_per_example(self))
             lines.append(
                 f"  temporary memory ≈ {_fmt_bytes(self.temp_bytes)}{budget}: "
                 f"{_fmt_bytes(self.temp_bytes_per_example)} per example in flight"
+                + (f", {self.step_rows} at a time (row steps)" if stepped else "")
                 + (f" (+ {result} of its result, copied out per chunk)" if chunked else "")
                 + f" + {_fmt_bytes(self.temp_bytes_fixed)} fixed"
             )
@@ -110,6 +112,23 @@ class Plan(NamedTuple):
 
 def _result_bytes_per_example(plan: Plan) -> int:
     return -(-plan.result_bytes // plan.batch)
+
+
+def _temp_bytes(plan: Plan, chunk_size: int | None) -> int:
+    """Temporaries of ``plan``'s program run in chunks of ``chunk_size`` (``None``: whole).
+
+    In flight at once are ``chunk_size`` examples, or the program's own row steps when it takes
+    fewer (``Plan.step_rows``, the closed-form Jacobian of a large batch); a chunk's or step's
+    result is a temporary too, until it is copied into the output.
+    """
+    rows = plan.batch if chunk_size is None else min(chunk_size, plan.batch)
+    stepped = plan.step_rows is not None and plan.step_rows < rows
+    if stepped:
+        rows = plan.step_rows
+    elif rows == plan.batch:
+        return plan.temp_bytes_fixed + rows * plan.temp_bytes_per_example
+    per_row = plan.temp_bytes_per_example + _result_bytes_per_example(plan)
+    return plan.temp_bytes_fixed + rows * per_row
 
 
 def _fmt_bytes(n: float) -> str:
@@ -376,6 +395,13 @@ def _make_plan(task, mode, chunk_size, max_memory_bytes, analyse, f, params, xs)
                 f"{'forward' if acc == 'fwd' else 'reverse'} mode carries fewer vectors"
             )
     static = _Route(task, route, acc, chunk_size, act if closed else None)
+    itemsize = jnp.dtype(xs.dtype).itemsize
+
+    def step_rows(rows: int) -> int | None:  # the closed-form Jacobian's own row steps
+        if closed and task == "input_jacobian":
+            return closed_form._jacobian_step_rows(params, rows, itemsize, acc)
+        return None
+
     per_example = fixed = flops = None
     if analyse:
         # Batches of 4 and 8, not 1 and 2: XLA compiles a batch of one to a different program
@@ -388,6 +414,11 @@ def _make_plan(task, mode, chunk_size, max_memory_bytes, analyse, f, params, xs)
         flops = f4 + (f8 - f4) / 4 * (batch - 4)
     if max_memory_bytes is not None:
         fit = (max_memory_bytes - fixed) // per_example
+        whole = step_rows(batch)
+        if whole is not None and fixed + whole * (per_example + -(-result_bytes // batch)) <= (
+            max_memory_bytes
+        ):
+            fit = batch  # in row steps the whole batch fits
         if fit < batch:
             # Chunked, each chunk's result is a temporary as well (then copied into the output).
             per_example_chunked = per_example + -(-result_bytes // batch)
@@ -423,6 +454,7 @@ def _make_plan(task, mode, chunk_size, max_memory_bytes, analyse, f, params, xs)
         temp_bytes_fixed=fixed,
         max_memory_bytes=max_memory_bytes,
         reasons=tuple(reasons),
+        step_rows=step_rows(batch if chunk_size is None else chunk_size),
     )
 
 

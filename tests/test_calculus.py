@@ -515,3 +515,52 @@ def test_batch_laplacian_of_an_mlp_with_the_wrong_width_names_both_sizes():
         jc.batch_laplacian(f, jnp.ones((3, 5), jnp.float64))
     with pytest.raises(ValueError, match=r"\(batch, 4\).*got shape \(3, 5\)"):
         jc.batch_laplacian(f, jnp.ones((3, 5), jnp.float64), chunk_size=2)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "softplus"])
+def test_batched_determinants_of_a_jaxjac_mlp_take_the_closed_form(monkeypatch, activation):
+    # A square MLP as a function of x: the closed-form Jacobian replaces vmap(jacfwd); the
+    # numbers are those of the generic route (a lambda, which the fast path cannot recognise).
+    params = jj.mlp_init(jax.random.key(6), [5, 11, 8, 5], dtype=jnp.float64)
+    xs = jax.random.normal(jax.random.key(7), (9, 5), jnp.float64)
+    f = functools.partial(jj.mlp_apply, params, activation=activation)
+
+    def generic(x):
+        return jj.mlp_apply(params, x, activation)
+
+    calls = []
+    real = closed_form._jacobian
+    monkeypatch.setattr(closed_form, "_jacobian", lambda *a: calls.append(1) or real(*a))
+    ref_sign, ref_log = jc.batch_slogdet_jacobian(generic, xs)
+    assert calls == []
+    for chunk in (None, 4):
+        sign, log = jc.batch_slogdet_jacobian(f, xs, chunk_size=chunk)
+        np.testing.assert_array_equal(sign, ref_sign)
+        assert_close(log, ref_log, exact_rtol(jnp.float64), scale=1.0)
+        assert_close(
+            jc.batch_log_abs_det_jacobian(f, xs, chunk_size=chunk), ref_log, exact_rtol(F64), 1.0
+        )
+        det = jc.batch_jacobian_det(f, xs, chunk_size=chunk)
+        assert_close(det, ref_sign * np.exp(ref_log), exact_rtol(jnp.float64))
+    assert calls  # traced through the closed form
+
+
+def test_batched_determinant_of_a_singular_mlp_is_zero_and_minus_inf():
+    # W_2 with a zero row: the Jacobian has a zero row at every x, det 0, never NaN.
+    params = jj.mlp_init(jax.random.key(8), [3, 6, 3], dtype=jnp.float64)
+    params[1]["W"] = params[1]["W"].at[1].set(0.0)
+    f = functools.partial(jj.mlp_apply, params)
+    xs = jax.random.normal(jax.random.key(9), (4, 3), jnp.float64)
+    sign, log = jc.batch_slogdet_jacobian(f, xs)
+    np.testing.assert_array_equal(sign, np.zeros(4))
+    np.testing.assert_array_equal(log, np.full(4, -np.inf))
+    np.testing.assert_array_equal(jc.batch_jacobian_det(f, xs), np.zeros(4))
+
+
+def test_batched_determinant_of_a_non_square_mlp_names_both_shapes():
+    params = jj.mlp_init(jax.random.key(10), [4, 6, 2], dtype=jnp.float64)
+    f = functools.partial(jj.mlp_apply, params)
+    with pytest.raises(ValueError, match=r"x has shape \(4,\), f\(x\) has shape \(2,\)"):
+        jc.batch_log_abs_det_jacobian(f, jnp.ones((3, 4), jnp.float64))
+    with pytest.raises(ValueError, match=r"\(4,\) or \(batch, 4\).*got shape \(3, 5\)"):
+        jc.batch_jacobian_det(f, jnp.ones((3, 5), jnp.float64))
