@@ -40,8 +40,10 @@ format: $(VENV)/.installed-test
 	$(BIN)/ruff format jaxjac tests benchmarks
 	$(BIN)/ruff check --fix jaxjac tests benchmarks
 
+# The full grid behind benchmarks/RESULTS.md (about an hour on 2 cores); peak-RSS probes of
+# every route are `python -m benchmarks.run --memory all` (several hours).
 bench: $(VENV)/.installed-bench
-	$(BIN)/python -m benchmarks.run
+	$(BIN)/python -m benchmarks.run --memory target --route-budget-s 8
 
 bench-quick: $(VENV)/.installed-bench
 	$(BIN)/python -m benchmarks.run --quick

@@ -381,12 +381,12 @@ def run_task(net, batch, dtype, task, args, peak, lib) -> list[dict]:
     ref_bytes = W.output_bytes(task, wl, 8) + W.output_bytes(task, wl)
     if ref_bytes > budget:
         note = (
-            f"skipped: the float64 reference and one {dtype} result need "
+            f"the float64 reference and one {dtype} result need "
             f"{ref_bytes / GiB:.1f} GiB > budget {args.mem_budget_gb:g} GiB"
         )
         if lib != "jax":
             return []  # reported once, in the JAX pass
-        print(f"{label:<24} {task:<18} {note}", flush=True)
+        print(f"{label:<24} {task:<18} SKIPPED: {note}", flush=True)
         return [{**base, "route": "(all)", "family": "-", "status": "skipped", "note": note}]
     t0 = time.perf_counter()
     ref, self_err = W.reference(task, wl)
