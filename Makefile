@@ -45,8 +45,10 @@ format: $(VENV)/.installed-test
 bench: $(VENV)/.installed-bench
 	$(BIN)/python -m benchmarks.run --memory target --route-budget-s 8
 
+# The small net, float32, B = 256 (under 3 minutes): into benchmarks/quick/, so the committed
+# full-grid results stay as they are.
 bench-quick: $(VENV)/.installed-bench
-	$(BIN)/python -m benchmarks.run --quick
+	$(BIN)/python -m benchmarks.run --quick --out benchmarks/quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

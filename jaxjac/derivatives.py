@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import sys
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
@@ -324,7 +325,9 @@ _OUT_LAYOUTS: dict[tuple, Any] = {}
 
 
 def _planned(task: str, f: Fn, params: Any, xs: ArrayLike, out: Any = None, **options) -> Any:
-    from jaxjac import planner  # the planner builds on this module: imported when first used
+    planner = sys.modules.get("jaxjac.planner")  # the planner builds on this module: imported
+    if planner is None:  # when first used, then looked up (an import statement costs more)
+        from jaxjac import planner
 
     plan = planner.plan(task, f, params, xs, **options)
     route = planner.route_of(plan)

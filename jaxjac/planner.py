@@ -31,6 +31,7 @@ import jax.numpy as jnp
 from jaxjac import closed_form
 from jaxjac._chunks import map_chunks
 from jaxjac.activations import Activation, get_activation
+from jaxjac.derivatives import _split_partial  # derivatives imports this module lazily
 from jaxjac.nets import mlp_apply, validate_mlp_params
 
 __all__ = ["Plan", "explain", "mlp_activation", "plan"]
@@ -246,8 +247,8 @@ def _analyse(f, params, xs, route: _Route, batch: int) -> tuple[int, float]:
 
 
 def _fn_key(f: Any) -> Any:
-    from jaxjac.derivatives import _split_partial
-
+    if not isinstance(f, functools.partial):
+        return f
     split = _split_partial(f)
     return f if split is None else (split[0], _shapes(split[1]))
 
@@ -258,12 +259,13 @@ def _shapes(tree: Any) -> tuple:
 
 
 def _shape_dtype(a: Any) -> tuple:
-    # Arrays answer from their attributes: jnp.result_type costs ~10 us a leaf, which was
-    # most of the per-call overhead of a planned helper on a small batch.
-    dtype = getattr(a, "dtype", None)
-    if dtype is not None and hasattr(a, "shape"):
-        return tuple(a.shape), dtype  # a numpy dtype: hashable, compares by value
-    return jnp.shape(a), jnp.result_type(a)
+    # Arrays and ShapeDtypeStructs answer from their attributes (a tuple and a numpy dtype,
+    # hashable): jnp.result_type costs ~10 us a leaf, and every microsecond here is paid on
+    # every call of a planned helper.
+    try:
+        return a.shape, a.dtype
+    except AttributeError:
+        return jnp.shape(a), jnp.result_type(a)
 
 
 def plan(
@@ -297,6 +299,17 @@ def plan(
         ValueError: for an unknown task or mode, a budget too small for one example, or a
             result larger than the device's memory.
     """
+    # A plan seen before: the key holds everything a plan depends on, so the checks below
+    # passed for it already. Planned helpers call this on every call; after a long computation
+    # each Python operation runs on cold caches (~10-50 us), hence the short path.
+    try:
+        key = (task, _fn_key(f), mode, chunk_size, max_memory_bytes, analyse)
+        key += (_shapes(params), _shapes(xs))
+        found = _PLANS.get(key)
+    except TypeError:  # something unhashable: plan without caching (the checks say what)
+        key = found = None
+    if found is not None:
+        return found
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     if mode not in ("auto", "fwd", "rev", "closed_form", "autodiff"):
@@ -313,13 +326,12 @@ def plan(
         raise ValueError(f"xs must have a leading batch axis, got shape {jnp.shape(xs)}")
     xs = jax.ShapeDtypeStruct(*_shape_dtype(xs))
     analyse = max_memory_bytes is not None if analyse is None else analyse
-    key = (task, _fn_key(f), mode, chunk_size, max_memory_bytes, analyse)
-    key += (_shapes(params), _shapes(xs))
-    if key not in _PLANS:
+    made = _make_plan(task, mode, chunk_size, max_memory_bytes, analyse, f, params, xs)
+    if key is not None:
         if len(_PLANS) >= _MAX_PLANS:
             _PLANS.pop(next(iter(_PLANS)))  # forget the oldest
-        _PLANS[key] = _make_plan(task, mode, chunk_size, max_memory_bytes, analyse, f, params, xs)
-    return _PLANS[key]
+        _PLANS[key] = made
+    return made
 
 
 # Plans by (task, function, options, shapes and dtypes): a plan depends on nothing else.

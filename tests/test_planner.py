@@ -235,3 +235,18 @@ def test_an_unregistered_activation_object_takes_the_closed_form():
     assert_close(jac, jax.vmap(jax.jacrev(net))(xs), exact_rtol(F64), what="vs jax.jacrev")
     hess = jj.batch_input_hessian(f, params, xs)
     assert_close(hess, jax.vmap(jax.hessian(net))(xs), exact_rtol(F64), what="vs jax.hessian")
+
+
+def test_a_cached_plan_follows_params_changed_in_place():
+    # The plan cache is keyed on shapes and dtypes, not on the params object: a list edited in
+    # place to another architecture gets a new plan (and the helper the right result).
+    params = jj.mlp_init(jax.random.key(1), [3, 5, 2], dtype=jnp.float64)
+    xs = jnp.ones((4, 3), jnp.float64)
+    f = jj.mlp_function("tanh")
+    assert "[3, 5, 2]" in str(planner.plan("input_jacobian", f, params, xs))
+    params[:] = jj.mlp_init(jax.random.key(2), [3, 7, 6], dtype=jnp.float64)
+    again = planner.plan("input_jacobian", f, params, xs)
+    assert "[3, 7, 6]" in str(again)
+    jac = jj.batch_input_jacobian(f, params, xs)
+    assert jac.shape == (4, 6, 3)
+    assert_close(jac, jj.closed_form.mlp_jacobian(params, xs, "tanh"), 0.0)
