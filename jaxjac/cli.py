@@ -246,7 +246,8 @@ def _print_summary(report: Any, sizes: list[int], activation: str, seconds: floa
         f"q{level:g} {value:.4g}" for level, value in zip(lip.levels, lip.quantiles, strict=True)
     )
     print(
-        f"  largest singular value of J: max {lip.max:.4g} (data row {lip.argmax_row}), {quantiles}"
+        f"  largest singular value of J: max {lip.max:.4g} "
+        f"(data row {lip.argmax_index + 1}, 1-based), {quantiles}"
     )
 
 

@@ -246,7 +246,8 @@ class LipschitzSummary(NamedTuple):
 
     Attributes:
         max: the largest ``σ_max`` over all examples (exact).
-        argmax_row: the 1-based data row where it occurs (first such row).
+        argmax_index: the 0-based index into the data of the row where it occurs (the first
+            such row): ``xs[argmax_index]``; ``-1`` before any example.
         mean: the mean of ``σ_max``.
         mean_se: its standard error.
         levels: quantile levels in ``[0, 1]``.
@@ -257,7 +258,7 @@ class LipschitzSummary(NamedTuple):
     """
 
     max: float
-    argmax_row: int
+    argmax_index: int
     mean: float
     mean_se: float
     levels: tuple[float, ...]
@@ -341,6 +342,39 @@ class SensitivityReport:
     interactions_se: np.ndarray | None
     lipschitz: LipschitzSummary
     route: str
+
+    def summary(self, *, outputs: int = 10, features: int = 5) -> str:
+        """A few readable lines: the largest DGSMs of each output and the ``σ_max`` figures.
+
+        Args:
+            outputs: at most this many outputs are listed.
+            features: features listed per output, by decreasing DGSM (``±`` a standard error).
+        """
+        lip = self.lipschitz
+        lines = [
+            f"sensitivity of {len(self.output_names)} output(s) to {len(self.feature_names)} "
+            f"feature(s) over {self.n_samples} examples ({self.n_dropped} dropped), "
+            f"{self.route.replace('_', ' ')} route"
+        ]
+        for k, output in enumerate(self.output_names[:outputs]):
+            order = np.argsort(-self.dgsm[k], kind="stable")[:features]
+            top = ", ".join(
+                f"{self.feature_names[i]} {self.dgsm[k, i]:.4g}±{self.dgsm_se[k, i]:.2g}"
+                for i in order
+            )
+            lines.append(f"  {output}: DGSM {top}")
+        quantiles = ", ".join(
+            f"q{level:g} {value:.4g}"
+            for level, value in zip(lip.levels, lip.quantiles, strict=True)
+        )
+        lines.append(
+            f"  largest singular value of J: max {lip.max:.4g} (xs[{lip.argmax_index}]), "
+            f"mean {lip.mean:.4g}±{lip.mean_se:.2g}, {quantiles}"
+        )
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary()
 
     def ranks(self) -> np.ndarray:
         """``(n_out, n_in)`` int: 1 for the feature with the largest DGSM of each output."""
@@ -614,23 +648,33 @@ def _finite_rows(block: np.ndarray) -> np.ndarray:
     return np.all(np.isfinite(block), axis=1)
 
 
-def _nonfinite_error(block: np.ndarray, row: int, local: int) -> ValueError:
-    cols = np.flatnonzero(~np.isfinite(block[local])) + 1
+def _nonfinite_error(
+    block: np.ndarray, row: int, local: int, names: Sequence[str] | None = None
+) -> ValueError:
+    """The error for data row ``row`` (0-based), row ``local`` of ``block``, naming its columns."""
+    cols = np.flatnonzero(~np.isfinite(block[local]))
+    shown = ", ".join(
+        f"{c + 1}" + (f" ({names[c]!r})" if names is not None else "") + f" = {block[local, c]}"
+        for c in cols[:5]
+    )
+    more = f" and {cols.size - 5} more" if cols.size > 5 else ""
     return ValueError(
-        f"data row {row + 1} (1-based) has non-finite values in column(s) "
-        f"{', '.join(map(str, cols[:5]))}: expected finite numbers "
-        "(use drop_nonfinite=True / --drop-nonfinite to skip such rows)"
+        f"data row {row + 1} (1-based) has a non-finite value in column {shown}{more} "
+        "(columns 1-based): expected finite numbers; drop such rows with drop_nonfinite=True "
+        "(--drop-nonfinite in the CLI)"
     )
 
 
-def _check_finite(data: np.ndarray, start: int, block_rows: int = 65536) -> None:
+def _check_finite(
+    data: np.ndarray, start: int, names: Sequence[str], block_rows: int = 65536
+) -> None:
     """Scan rows ``start:`` for non-finite values before any derivative is computed."""
     for lo in range(start, data.shape[0], block_rows):
         block = np.asarray(data[lo : lo + block_rows])
         ok = _finite_rows(block)
         if not ok.all():
             local = int(np.argmin(ok))
-            raise _nonfinite_error(block, lo + local, local)
+            raise _nonfinite_error(block, lo + local, local, names)
 
 
 # --- checkpoints -----------------------------------------------------------------------------
@@ -673,6 +717,23 @@ def _fingerprint(f, params, data, *, options: Mapping[str, Any], extra: Mapping[
             **{f"extra.{k}": v for k, v in extra.items()},
         }
     )
+
+
+# What the fingerprint's keys are, in the words of a refused resume.
+_FINGERPRINT_WORDS = {
+    "f": "model function",
+    "params_sha256": "model parameters",
+    "data_shape": "data shape",
+    "data_dtype": "data dtype",
+    "data_probe_sha256": "data",
+    "drop_nonfinite": "drop_nonfinite",
+    "reservoir_size": "reservoir_size",
+    "version": "checkpoint version",
+    # the CLI's own keys
+    "extra.data_file": "data file path",
+    "extra.data_size": "data file size",
+    "extra.data_mtime_ns": "data file modification time",
+}
 
 
 def _config_hash(fingerprint: Mapping[str, Any]) -> str:
@@ -765,11 +826,17 @@ def _load_checkpoint(
     except (ValueError, KeyError, TypeError) as err:
         raise ValueError(f"{meta_path}: expected a jaxjac checkpoint description ({err})") from None
     if meta.get("config_hash") != config_hash:
-        differ = sorted(k for k in {*saved, *fingerprint} if saved.get(k) != fingerprint.get(k))
+        differ = sorted(
+            {
+                _FINGERPRINT_WORDS.get(k, k.removeprefix("extra."))
+                for k in {*saved, *fingerprint}
+                if saved.get(k) != fingerprint.get(k)
+            }
+        )
         raise ValueError(
             f"the checkpoint in {folder} was made for different inputs ({', '.join(differ)} "
-            "differ): expected the same model, data and options to resume; run without resume "
-            "to start over"
+            "differ): expected the same model, data and options to resume; start over without "
+            "resume (--resume in the CLI)"
         )
     if not npz_path.exists():
         return None  # interrupted before the first chunk finished
@@ -824,7 +891,7 @@ def _summary(state: _State, levels: tuple[float, ...], reservoir_size: int) -> L
     quantiles = np.quantile(state.res_values, levels) if state.res_values.size else []
     return LipschitzSummary(
         max=state.lip_max,
-        argmax_row=state.lip_argmax + 1,
+        argmax_index=state.lip_argmax,
         mean=float(state.lip.mean),
         mean_se=float(_std_error(state.lip)),
         levels=levels,
@@ -962,7 +1029,7 @@ def sensitivity(
     device_params = jax.tree_util.tree_map(jnp.asarray, params)
     mesh = make_mesh(devices if devices is not None else 1)
     if not drop_nonfinite and not resume:
-        _check_finite(data, 0)  # before anything is written: a refused run leaves no files
+        _check_finite(data, 0, features)  # before anything is written: a refused run writes none
 
     state = _initial_state(n_out, n_in, hessian)
     folder = Path(checkpoint) if checkpoint is not None else None
@@ -984,7 +1051,7 @@ def sensitivity(
         elif not (resume and (folder / CHECKPOINT_JSON).exists()):
             _start_checkpoint(folder, meta, config_hash)
     if not drop_nonfinite and resume:
-        _check_finite(data, state.rows_done)
+        _check_finite(data, state.rows_done, features)
 
     chunk = n_rows if chunk_size is None else min(chunk_size, n_rows)
     padded_rows = -(-chunk // mesh.size) * mesh.size  # every device gets as many rows
@@ -1001,7 +1068,7 @@ def sensitivity(
                 if not finite.all():
                     if not drop_nonfinite:  # the file changed since the scan
                         local = int(np.argmin(finite))
-                        raise _nonfinite_error(block, start + local, local)
+                        raise _nonfinite_error(block, start + local, local, features)
                     block, rows = block[finite], rows[finite]
                 if block.shape[0]:
                     stats = _chunk_statistics(

@@ -78,7 +78,7 @@ def test_ishigami_matches_the_analytic_gradient_on_the_same_samples(ishigami_run
     assert_close(report.dgsm_se[0], se, 1e-10, what="dgsm_se")
     lip = np.linalg.norm(g, axis=1)  # one output: σ_max(J) is the gradient norm
     assert lip.max() == pytest.approx(report.lipschitz.max, rel=1e-12)
-    assert report.lipschitz.argmax_row == int(np.argmax(lip)) + 1
+    assert report.lipschitz.argmax_index == int(np.argmax(lip))
     assert report.lipschitz.exact
     assert_close(np.asarray(report.lipschitz.quantiles), np.quantile(lip, [0.5, 0.9, 0.99]), 1e-12)
 
@@ -133,7 +133,7 @@ def test_tansig_dgsm_equals_the_mean_of_squared_closed_form_jacobian_entries(tan
     for name in (*ARRAYS, "interactions", "interactions_se"):
         assert_close(getattr(report, name), ref[name], STREAM_RTOL, what=name)
     assert report.lipschitz.max == pytest.approx(ref["sigma"].max(), rel=1e-13)
-    assert report.lipschitz.argmax_row == int(np.argmax(ref["sigma"])) + 1
+    assert report.lipschitz.argmax_index == int(np.argmax(ref["sigma"]))
 
 
 def test_closed_form_and_autodiff_routes_agree(tansig_case):
@@ -153,7 +153,7 @@ def test_streaming_equals_the_one_shot_computation(tansig_case, chunk_size):
     ref = _reference(params, xs)
     for name in (*ARRAYS, "interactions", "interactions_se"):
         assert_close(getattr(report, name), ref[name], STREAM_RTOL, what=f"{name} @ {chunk_size}")
-    assert report.lipschitz.argmax_row == int(np.argmax(ref["sigma"])) + 1
+    assert report.lipschitz.argmax_index == int(np.argmax(ref["sigma"]))
     assert_close(
         np.asarray(report.lipschitz.quantiles), np.quantile(ref["sigma"], [0.5, 0.9, 0.99]), 1e-12
     )
@@ -314,8 +314,11 @@ def test_a_non_finite_row_is_named_or_dropped_and_counted(tansig_case):
     params, xs = tansig_case
     bad = xs.copy()
     bad[[4, 250], [1, 3]] = [np.nan, np.inf]
-    with pytest.raises(ValueError, match=r"data row 5 \(1-based\).*column\(s\) 2"):
+    with pytest.raises(ValueError, match=r"data row 5 \(1-based\).*column 2 \('x2'\) = nan"):
         sensitivity(jj.mlp_apply, params, bad, chunk_size=100)
+    named = ["a", "b", "c", "d"]
+    with pytest.raises(ValueError, match=r"column 2 \('b'\) = nan.*--drop-nonfinite"):
+        sensitivity(jj.mlp_apply, params, bad, feature_names=named)
     dropped = sensitivity(jj.mlp_apply, params, bad, chunk_size=100, drop_nonfinite=True)
     clean = sensitivity(jj.mlp_apply, params, np.delete(xs, [4, 250], axis=0))
     assert (dropped.n_dropped, dropped.n_samples) == (2, 598)
@@ -379,10 +382,15 @@ def test_report_converts_to_rows_structured_array_csv_and_json(tansig_case):
     lines = report.to_csv().splitlines()
     assert lines[0] == "output,feature,rank,mean,mean_abs,mean_abs_se,dgsm,dgsm_se,sobol_upper"
     assert float(lines[6].split(",")[6]) == report.dgsm[1, 1]  # 17 digits: exact round trip
+    text = str(report)  # the readable summary: top DGSMs per output, then σ_max
+    assert text.splitlines()[0].startswith("sensitivity of 3 output(s) to 4 feature(s) over 50")
+    best_u = report.feature_names[int(np.argmax(report.dgsm[0]))]
+    assert text.splitlines()[1].startswith(f"  u: DGSM {best_u} ")
+    assert f"(xs[{report.lipschitz.argmax_index}])" in text
     data = json.loads(report.to_json())
     assert data["dgsm"] == report.dgsm.tolist()
     assert data["interactions"] is None
-    assert data["lipschitz"]["argmax_row"] == report.lipschitz.argmax_row
+    assert data["lipschitz"]["argmax_index"] == report.lipschitz.argmax_index
     np.testing.assert_allclose(report.bound_constants, [1.0, 2.0, 3.0, 4.0])
 
 
