@@ -15,16 +15,22 @@ $(VENV)/.installed-core: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e .
 	touch $@
 
+# The CLI's extras (scipy for .mat files, matplotlib for plots, tqdm for progress): the demo
+# installs them so that the README's CLI example runs straight after it.
+$(VENV)/.installed-cli: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[cli]'
+	touch $@ $(VENV)/.installed-core
+
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[test]'
-	touch $@ $(VENV)/.installed-core
+	touch $@ $(VENV)/.installed-cli $(VENV)/.installed-core
 
 # The optional peers: torch==2.13.0 (a CPU build on this machine's local disk) and folx.
 $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[test,bench]'
-	touch $@ $(VENV)/.installed-test $(VENV)/.installed-core
+	touch $@ $(VENV)/.installed-test $(VENV)/.installed-cli $(VENV)/.installed-core
 
-demo: $(VENV)/.installed-core
+demo: $(VENV)/.installed-cli
 	$(BIN)/jaxjac demo
 
 test: $(VENV)/.installed-test

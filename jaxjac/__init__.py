@@ -1,4 +1,26 @@
-"""jaxjac: exact, batched, jit-compiled derivatives of neural networks in JAX."""
+"""jaxjac: exact, batched, jit-compiled derivatives of neural networks in JAX.
+
+Networks are pure functions ``f(params, x)`` over parameter pytrees; every helper takes one.
+
+* Networks (``nets``, ``activations``): :func:`mlp_init`, :func:`mlp_apply`,
+  :func:`get_activation` (``.f``, ``.df``, ``.d2f``), :func:`register_activation`.
+* One example (``derivatives``): :func:`input_jacobian`, :func:`input_hessian`,
+  :func:`weight_jacobian`, :func:`weight_hessian`, and the ``*_jvp`` / ``*_vjp`` / ``*_hvp``
+  products.
+* Batches, planned and chunked to a memory budget: :func:`batch_input_jacobian`,
+  :func:`batch_input_hessian`, :func:`batch_weight_jacobian`; :func:`explain` says what runs.
+* Closed forms for MLPs (``closed_form``) and the check of every route against the others:
+  :func:`cross_check`.
+* Change of variables (``calculus``): :func:`jacobian_det`, :func:`log_abs_det_jacobian`,
+  :func:`divergence`, :func:`laplacian`, their ``batch_*`` forms, and the Hutchinson and
+  Hutch++ trace estimators.
+* Curvature (``curvature``, ``optimizers``): Hessian traces, diagonals, eigenvalues, spectral
+  densities, GGN and Fisher products, the NTK, a Gauss-Newton optax transformation.
+* Sensitivity analysis (``sensitivity``, ``plots``): :func:`sensitivity` over a whole data
+  set, streamed, resumable; :func:`plot_sensitivity`, :func:`plot_interactions`.
+* Files (``io``): :func:`load_params`, :func:`save_params`, :func:`load_data`, Flax and
+  Equinox converters. Many devices (``sharding``): :func:`make_mesh`, :func:`sharded`.
+"""
 
 from importlib.metadata import PackageNotFoundError, version
 

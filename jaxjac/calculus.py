@@ -596,7 +596,9 @@ def hutchpp_divergence(
     Returns:
         :class:`TraceEstimate` of shape ``()``. ``stderr`` is the standard error of the
         residual Hutchinson term given the sketch (its sample std, ddof 1, over ``sqrt(g)``):
-        the sketched part has no variance once ``Q`` is drawn.
+        the sketched part has no variance once ``Q`` is drawn. It rests on ``g = m - 2⌊m/3⌋``
+        residual samples only, so it is itself noisy below ``m ≈ 30`` (``g ≈ 10``): treat it as
+        an order of magnitude there, and ignore the variance the sketch's own draw adds.
     """
     return _hutchpp_divergence(f, x, key, num_probes, probe)
 

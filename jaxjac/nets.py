@@ -35,6 +35,10 @@ def mlp_init(key: jax.Array, sizes: Sequence[int], *, dtype: DTypeLike = jnp.flo
 
     Returns:
         A list of ``len(sizes) - 1`` dicts ``{"W": (sizes[l+1], sizes[l]), "b": (sizes[l+1],)}``.
+
+    Raises:
+        TypeError: if ``key`` is not a PRNG key (an ``int`` seed, say).
+        ValueError: for fewer than two sizes, a size below one, or a non-floating dtype.
     """
     sizes = [int(s) for s in sizes]
     if len(sizes) < 2 or any(s < 1 for s in sizes):
@@ -43,6 +47,11 @@ def mlp_init(key: jax.Array, sizes: Sequence[int], *, dtype: DTypeLike = jnp.flo
         )
     if not jnp.issubdtype(dtype, jnp.floating):
         raise ValueError(f"dtype must be a floating dtype, got {dtype}")
+    if isinstance(key, (int, float, np.number)) or not hasattr(key, "shape"):
+        raise TypeError(
+            f"key must be a JAX PRNG key such as jax.random.key(0), got {type(key).__name__} "
+            f"{key!r}"
+        )
     keys = jax.random.split(key, len(sizes) - 1)
     params = []
     for k, n_in, n_out in zip(keys, sizes[:-1], sizes[1:], strict=True):

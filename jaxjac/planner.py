@@ -32,7 +32,7 @@ from jaxjac import closed_form
 from jaxjac._chunks import map_chunks
 from jaxjac.activations import Activation, get_activation
 from jaxjac.derivatives import _split_partial  # derivatives imports this module lazily
-from jaxjac.nets import mlp_apply, validate_mlp_params
+from jaxjac.nets import check_mlp_input, mlp_apply, validate_mlp_params
 
 __all__ = ["Plan", "explain", "mlp_activation", "plan"]
 
@@ -343,6 +343,8 @@ def _make_plan(task, mode, chunk_size, max_memory_bytes, analyse, f, params, xs)
     reasons = []
     act = mlp_activation(f)
     batch = xs.shape[0]
+    if act is not None and _is_mlp_params(params) and len(xs.shape) == 2:
+        check_mlp_input(params, xs)  # names the batch's shape, not one example's
     result_bytes, n_in, n_out = _result_bytes(task, f, params, xs)
     limit = _memory_limit()
     if limit is not None and result_bytes > limit:

@@ -8,7 +8,9 @@ over the examples ``x⁽¹⁾ … x⁽ᴺ⁾`` of a data set (or samples of an i
 * ``sobol_upper[k, i] = C_i ν_ik / Var f_k``, an upper bound on the total Sobol index
   ``S^T_ik`` (Sobol' and Kucherenko 2009; Lamboni et al. 2013, via the Poincaré inequality):
   ``C_i = (b - a)²/π²`` for ``x_i`` uniform on ``[a, b]``, ``C_i = σ²`` for ``x_i`` normal with
-  variance ``σ²``; ``Var f_k`` is the sample variance of the outputs over the same examples;
+  variance ``σ²``; ``Var f_k`` is the sample variance of the outputs over the same examples.
+  The bound holds for independent inputs with those distributions; it may exceed 1 (then it
+  says nothing) and is NaN for a constant output (``Var f_k = 0``);
 * ``interactions[k, i, j] = E|∂²f_k/∂x_i∂x_j|`` (with ``hessian=True``);
 * local Lipschitz figures: ``σ_max(J(x))``, the largest singular value of the ``(n_out, n_in)``
   Jacobian of each example: its maximum (exact, with the row where it occurs), mean and

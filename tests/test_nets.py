@@ -37,6 +37,17 @@ def test_init_rejects_bad_sizes(sizes):
         jj.mlp_init(jax.random.key(0), sizes)
 
 
+@pytest.mark.parametrize("key", [0, np.int64(3), 1.5])
+def test_init_rejects_a_seed_in_place_of_a_key(key):
+    with pytest.raises(TypeError, match=r"key must be a JAX PRNG key such as jax.random.key\(0\)"):
+        jj.mlp_init(key, [2, 2])
+
+
+def test_init_accepts_legacy_uint32_keys():
+    params = jj.mlp_init(jax.random.PRNGKey(0), [3, 2])
+    assert params[0]["W"].shape == (2, 3)
+
+
 def test_init_rejects_integer_dtype():
     with pytest.raises(ValueError, match="floating"):
         jj.mlp_init(jax.random.key(0), [2, 2], dtype=jnp.int32)

@@ -93,6 +93,13 @@ def test_a_result_larger_than_memory_is_refused_before_running(mlp):
         planner.plan("input_hessian", jj.mlp_function("tanh"), params, huge)
 
 
+@pytest.mark.parametrize("task", planner.TASKS)
+def test_a_batch_of_the_wrong_width_names_the_batch_shape(mlp, task):
+    params, _ = mlp  # 6 inputs
+    with pytest.raises(ValueError, match=r"\(batch, 6\) to match W_1 .*got shape \(5, 4\)"):
+        planner.plan(task, jj.mlp_apply, params, jnp.ones((5, 4), F64))
+
+
 def test_explain_reads_well(mlp):
     params, xs = mlp
     text = str(planner.explain("input_jacobian", jj.mlp_function("tanh"), params, xs))
