@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
+import importlib
 import json
 import os
 import platform
@@ -29,6 +29,32 @@ __all__ = ["CLIError", "build_parser", "main"]
 
 class CLIError(Exception):
     """A user-facing failure: printed as one line, exit code 2."""
+
+
+# The CLI computes every derivative in this dtype (x64 is enabled first); report.json records it.
+_DTYPE = np.dtype(np.float64)
+_CLI_EXTRA = "pip install 'jaxjac[cli]'"
+
+
+def _package_version() -> str:
+    """The installed version, read from the package metadata (without importing jax)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("jaxjac")
+    except PackageNotFoundError:  # running from a source tree without installation
+        return "0+unknown"
+
+
+def _require(module: str, purpose: str) -> None:
+    """Import an optional dependency of the CLI before any computing starts, or refuse."""
+    try:
+        importlib.import_module(module)
+    except ImportError as err:
+        detail = " ".join(str(err).split()) or type(err).__name__
+        raise CLIError(
+            f"{purpose} needs {module}, which could not be imported ({detail}): {_CLI_EXTRA}"
+        ) from None
 
 
 def _enable_x64() -> None:
@@ -54,9 +80,9 @@ def run_demo(args: argparse.Namespace) -> int:
     from jaxjac.cross_check import cross_check
 
     sizes = [3, 5, 4, 2]
-    params = jj.mlp_init(jax.random.key(args.seed), sizes, dtype=jnp.float64)
+    params = jj.mlp_init(jax.random.key(args.seed), sizes, dtype=_DTYPE)
     x = jnp.array([0.5, -1.0, 2.0])
-    print(f"jaxjac {jj.__version__} demo: tansig MLP {sizes}, seed {args.seed}, float64")
+    print(f"jaxjac {jj.__version__} demo: tansig MLP {sizes}, seed {args.seed}, {_DTYPE}")
     print("tansig(z) = 2/(1+exp(-2z)) - 1 (MATLAB), f' = 1 - f², f'' = -2 f (1 - f²)")
     z = jnp.linspace(-50.0, 50.0, 10001)
     tansig = jj.get_activation("tansig")
@@ -69,13 +95,17 @@ def run_demo(args: argparse.Namespace) -> int:
     )
     print(f"\nx = {np.asarray(x)}")
     print(f"A(x) = {np.asarray(jj.mlp_apply(params, x))}")
+    print(
+        f"  outputs A_1 … A_{sizes[-1]}, inputs x_1 … x_{sizes[0]} and layers W1 … "
+        f"W{len(sizes) - 1} are numbered from 1"
+    )
     _print_matrix(
         "Jacobian dA/dx = W3 diag(σ'(z2)) W2 diag(σ'(z1)) W1  (n_out, n_in)",
         jj.closed_form.mlp_jacobian(params, x),
     )
     hess = jj.closed_form.mlp_hessian(params, x)
     for k in range(sizes[-1]):
-        _print_matrix(f"Hessian d²A_{k}/dx²  (n_in, n_in)", hess[k])
+        _print_matrix(f"Hessian d²A_{k + 1}/dx²  (n_in, n_in)", hess[k])
     report = cross_check(params, x)
     print("\nCross-check of every route (closed form, autodiff, finite differences):")
     print(report)
@@ -229,11 +259,14 @@ def _write_results(folder: Path, report: Any, summary: dict[str, Any], hessian: 
     return [folder / name for name in writers]
 
 
-def _print_summary(report: Any, sizes: list[int], activation: str, seconds: float) -> None:
+def _print_summary(
+    report: Any, sizes: list[int], activation: str, dtype: np.dtype, seconds: float
+) -> None:
     lip = report.lipschitz
     print(
-        f"jaxjac sensitivity: MLP {sizes} ({activation}), {report.n_samples} rows used, "
-        f"{report.n_dropped} dropped, {report.route.replace('_', ' ')} route, {seconds:.2f} s"
+        f"jaxjac sensitivity: MLP {sizes} ({activation}), {dtype}, {report.n_samples} rows "
+        f"used, {report.n_dropped} dropped, {report.route.replace('_', ' ')} route, "
+        f"{seconds:.2f} s"
     )
     for k, output in enumerate(report.output_names[:10]):
         order = np.argsort(-report.dgsm[k], kind="stable")[:5]
@@ -249,6 +282,14 @@ def _print_summary(report: Any, sizes: list[int], activation: str, seconds: floa
         f"  largest singular value of J: max {lip.max:.4g} "
         f"(data row {lip.argmax_index + 1}, 1-based), {quantiles}"
     )
+
+
+def _name_the_data_file(err: ValueError, data: str) -> ValueError:
+    """Prefix an error about a data row with the data file, as the readers' errors are."""
+    message = str(err)
+    if "data row" in message and not message.startswith(f"{data}:"):
+        return CLIError(f"{data}: {message}")
+    return err
 
 
 def run_sensitivity(args: argparse.Namespace) -> int:
@@ -267,8 +308,9 @@ def run_sensitivity(args: argparse.Namespace) -> int:
         )
     activation = get_activation(args.activation).name
     devices = _devices(args.devices)
-    if importlib.util.find_spec("matplotlib") is None:  # checked before hours of computing
-        raise CLIError("the plots need matplotlib, found none: pip install 'jaxjac[plot]'")
+    _require("matplotlib", "writing the plots")  # checked before hours of computing
+    if Path(args.params).suffix.lower() == ".mat":
+        _require("scipy.io", "reading a MATLAB .mat model")
     folder = _output_folder(Path(args.out))
     params = load_params(args.params)
     sizes = validate_mlp_params(params)
@@ -325,7 +367,10 @@ def run_sensitivity(args: argparse.Namespace) -> int:
             progress=not args.quiet,
             on_chunk=on_chunk,
             devices=devices,
+            dtype=_DTYPE,
         )
+    except ValueError as err:
+        raise _name_the_data_file(err, args.data) from None
     except KeyboardInterrupt:
         print(
             f"jaxjac sensitivity: interrupted; checkpoint in {folder}: rerun with --resume to "
@@ -362,6 +407,7 @@ def run_sensitivity(args: argparse.Namespace) -> int:
             "bounds": bounds.tolist() if bounds is not None else None,
             "sigma": np.sqrt(variances).tolist() if variances is not None else None,
             "drop_nonfinite": args.drop_nonfinite,
+            "dtype": str(_DTYPE),
             "devices": len(devices),
             "resumed": resuming,
         },
@@ -376,7 +422,7 @@ def run_sensitivity(args: argparse.Namespace) -> int:
     written = _write_results(folder, report, summary, args.hessian)
     remove_checkpoint(folder)
     if not args.quiet:
-        _print_summary(report, sizes, activation, computed - started)
+        _print_summary(report, sizes, activation, _DTYPE, computed - started)
         print("wrote " + ", ".join(str(path) for path in written))
     return 0
 
@@ -418,8 +464,8 @@ def _add_sensitivity_parser(sub: Any) -> None:
     )
     cmd.add_argument(
         "--bounds",
-        help="inputs uniform on LO:HI (all features) or LO:HI,LO:HI,… (one per feature); "
-        "write --bounds=-1:1 when LO is negative",
+        help="inputs uniform on LO:HI (all features) or LO:HI,LO:HI,… (one per feature), "
+        "e.g. --bounds -1:1",
     )
     cmd.add_argument(
         "--sigma", help="inputs normal with this standard deviation (one, or one per feature)"
@@ -457,9 +503,40 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
 
 
+# Options whose value may start with "-" (a negative lower bound): argparse would take
+# "--bounds -1:1" for a missing value followed by an option "-1:1", so the value is attached.
+_SIGNED_VALUE_OPTIONS = ("--bounds", "--sigma")
+
+
+def _attach_signed_values(argv: Sequence[str]) -> list[str]:
+    """Rewrite ``--bounds -1:1`` as ``--bounds=-1:1`` (and ``--sigma`` alike) before parsing.
+
+    Only a value starting with a single ``-`` is attached: ``--bounds --hessian`` still reports
+    the missing value, ``-h`` still asks for help, and everything after ``--`` is left alone.
+    """
+    out: list[str] = []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        token = args[i]
+        if token == "--":
+            out += args[i:]
+            break
+        value = args[i + 1] if i + 1 < len(args) else ""
+        signed = value.startswith("-") and not value.startswith("--") and value != "-h"
+        if token in _SIGNED_VALUE_OPTIONS and signed:
+            out.append(f"{token}={value}")
+            i += 2
+        else:
+            out.append(token)
+            i += 1
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = _Parser(prog="jaxjac", description="Exact derivatives of neural networks in JAX.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="Jacobian, Hessian and cross-check of a small network")
     demo.add_argument("--seed", type=int, default=0, help="PRNG seed of the network (default 0)")
@@ -485,7 +562,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         demo``: 1 when the routes disagree; ``jaxjac sensitivity``: 3 when ``--max-chunks``
         stopped it).
     """
-    args = build_parser().parse_args(argv)
+    raw = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(_attach_signed_values(raw))
     try:
         code = args.run(args)
         sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's flush at exit

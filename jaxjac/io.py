@@ -542,7 +542,69 @@ def _natural_key(name: Any) -> tuple:
     return (match.group(1), int(match.group(2))) if match else (str(name), -1)
 
 
-def _layer_dicts(variables: Mapping[str, Any]) -> list[tuple[Any, Mapping[str, Any]]]:
+_FLAX_ORDER = "Dense_0, Dense_1, … (one prefix, numbered in the order the layers apply)"
+
+
+def _shown_names(names: Sequence[Any], limit: int = 8) -> str:
+    shown = ", ".join(repr(n) for n in names[:limit])
+    return shown + (f", … ({len(names)} in all)" if len(names) > limit else "")
+
+
+def _layer_order(names: list[Any]) -> list[Any]:
+    """The layer names in the order of their numbers, refusing names that do not give one.
+
+    Numbered names with one prefix give the order (``Dense_0, Dense_1, …``; ``layers_0,
+    layers_2, …`` from ``nn.Sequential``, whose activations take the odd numbers; integer keys).
+    Names without any number keep their insertion order, the documented fallback. A mix of
+    prefixes, or numbered and unnumbered names together, has no order to go by; linen numbers
+    its ``Dense`` layers from 0 without gaps, so a missing ``Dense_k`` is a missing layer.
+    """
+    keys = [_natural_key(n) for n in names]
+    numbered = [n for n, key in zip(names, keys, strict=True) if key[1] >= 0]
+    if not numbered:
+        return names
+    prefixes = sorted({key[0] for key in keys if key[1] >= 0})
+    mixed = []
+    if len(prefixes) > 1:
+        mixed.append(f"the prefixes {', '.join(map(repr, prefixes))}")
+    if len(numbered) < len(names):
+        mixed.append("numbered and unnumbered names")
+    if mixed:
+        raise ValueError(
+            f"Flax layers: expected names that give the layer order, {_FLAX_ORDER}; found "
+            f"{_shown_names(names)}, which mix {' and '.join(mixed)} (rename them Dense_0, "
+            "Dense_1, … in the order the layers apply, or pass layer_order=[...])"
+        )
+    ordered = sorted(names, key=_natural_key)
+    if prefixes == ["Dense_"]:
+        numbers = [_natural_key(n)[1] for n in ordered]
+        present = set(numbers)
+        # The first few only, found without walking up to a huge stray number (Dense_99999999).
+        gaps = (i for i in range(numbers[-1] + 1) if i not in present)
+        missing = list(itertools.islice(gaps, 8))
+        if missing or len(present) < len(numbers):
+            n = len(numbers)
+            expected = (
+                ", ".join(f"Dense_{i}" for i in range(n))
+                if n <= 3
+                else f"Dense_0, Dense_1, …, Dense_{n - 1}"
+            )
+            problem = (
+                f"missing {', '.join(f'Dense_{i}' for i in missing)}"
+                + (", …" if numbers[-1] + 1 - len(present) > len(missing) else "")
+                if missing
+                else "a repeated number"
+            )
+            raise ValueError(
+                f"Flax layers: expected {expected} in order (linen numbers its Dense layers "
+                f"from 0 without gaps); found {_shown_names(ordered)} ({problem})"
+            )
+    return ordered
+
+
+def _layer_dicts(
+    variables: Mapping[str, Any], order: Sequence[Any] | None = None
+) -> list[tuple[Any, Mapping[str, Any]]]:
     tree: Any = variables
     if isinstance(tree, Mapping) and "params" in tree and len(tree) <= 2:
         tree = tree["params"]  # linen: {"params": {...}} (maybe with "batch_stats")
@@ -555,44 +617,65 @@ def _layer_dicts(variables: Mapping[str, Any]) -> list[tuple[Any, Mapping[str, A
     ):
         tree = only
     if not isinstance(tree, Mapping) or not tree:
+        found = "an empty dict" if isinstance(tree, Mapping) else type(tree).__name__
         raise ValueError(
             "expected Flax variables {'params': {'Dense_0': {'kernel', 'bias'}, …}}, found "
-            f"{type(tree).__name__}"
+            f"{found}"
         )
-    names = list(tree)
-    if all(_natural_key(n)[1] >= 0 for n in names):
-        names.sort(key=_natural_key)
-    return [(name, tree[name]) for name in names]
-
-
-def from_flax_dense_params(variables: Mapping[str, Any], *, dtype: Any = None) -> MLPParams:
-    """Convert the parameters of a Flax stack of ``Dense``/``Linear`` layers to jaxjac's layout.
-
-    Works for ``flax.linen`` modules that call ``nn.Dense`` in sequence (``Dense_0``,
-    ``Dense_1``, … or ``nn.Sequential``'s ``layers_0``, ``layers_2``, …) and for ``flax.nnx``
-    states turned into plain dicts (``nnx.to_pure_dict(nnx.state(model, nnx.Param))``). Layers are
-    taken in the numeric order of their names (insertion order when names carry no number).
-    The activation is not part of the parameters: pass the matching jaxjac activation name.
-
-    Args:
-        variables: ``{"params": {name: {"kernel": (in, out), "bias": (out,)}}}`` or the inner
-            dict; a layer without ``bias`` (``use_bias=False``) gets zeros.
-        dtype: dtype of the returned leaves; ``None`` keeps the kernel's.
-
-    Returns:
-        A list of ``{"W": kernel.T (out, in), "b": (out,)}``.
-
-    Raises:
-        ValueError: for a layer that is not dense or shapes that do not chain.
-    """
-    params: MLPParams = []
-    for name, layer in _layer_dicts(variables):
+    if "kernel" in tree:
+        raise ValueError(
+            f"expected Flax variables with one entry per layer, {_FLAX_ORDER}, each holding "
+            f"'kernel' and 'bias'; found one layer's entries {sorted(map(str, tree))}"
+        )
+    for name, layer in tree.items():  # a foreign layer first: no order makes it convertible
         if not isinstance(layer, Mapping) or "kernel" not in layer:
             found = sorted(map(str, layer)) if isinstance(layer, Mapping) else type(layer).__name__
             raise ValueError(
                 f"Flax layer {name!r}: expected a dense layer with 'kernel' (in, out), "
                 f"found {found}"
             )
+    if order is None:
+        return [(name, tree[name]) for name in _layer_order(list(tree))]
+    order = list(order)
+    if sorted(map(str, order)) != sorted(map(str, tree)) or len(set(order)) != len(order):
+        raise ValueError(
+            f"layer_order must name every Flax layer once: expected an order of "
+            f"{_shown_names(list(tree))}, got {_shown_names(order)}"
+        )
+    return [(name, tree[name]) for name in order]
+
+
+def from_flax_dense_params(
+    variables: Mapping[str, Any],
+    *,
+    dtype: Any = None,
+    layer_order: Sequence[Any] | None = None,
+) -> MLPParams:
+    """Convert the parameters of a Flax stack of ``Dense``/``Linear`` layers to jaxjac's layout.
+
+    Works for ``flax.linen`` modules that call ``nn.Dense`` in sequence (``Dense_0``,
+    ``Dense_1``, … or ``nn.Sequential``'s ``layers_0``, ``layers_2``, …) and for ``flax.nnx``
+    states turned into plain dicts (``nnx.to_pure_dict(nnx.state(model, nnx.Param))``). Layers are
+    taken in the numeric order of their names (insertion order when no name carries a number).
+    The activation is not part of the parameters: pass the matching jaxjac activation name.
+
+    Args:
+        variables: ``{"params": {name: {"kernel": (in, out), "bias": (out,)}}}`` or the inner
+            dict; a layer without ``bias`` (``use_bias=False``) gets zeros.
+        dtype: dtype of the returned leaves; ``None`` keeps the kernel's.
+        layer_order: the layer names in the order the layers apply, for names that give no
+            order of their own (``["hidden", "out"]``); ``None`` orders them by number.
+
+    Returns:
+        A list of ``{"W": kernel.T (out, in), "b": (out,)}``.
+
+    Raises:
+        ValueError: for names that give no layer order (a mix of prefixes, numbered and
+            unnumbered names together, a missing ``Dense_k``: the message names the order
+            expected and the names found), a layer that is not dense or shapes that do not chain.
+    """
+    params: MLPParams = []
+    for name, layer in _layer_dicts(variables, layer_order):
         kernel = np.asarray(layer["kernel"])
         if kernel.ndim != 2:
             raise ValueError(

@@ -46,8 +46,9 @@ def plot_sensitivity(
 ) -> None:
     """One horizontal bar chart of the DGSM per output, features sorted, largest on top.
 
-    Bars are ``ν_ik = E[(∂f_k/∂x_i)²]`` with ±1 standard error; only the ``max_features``
-    largest per output and the first ``max_outputs`` outputs are drawn (the CSV has them all).
+    Bars are ``ν_ik = E[(∂f_k/∂x_i)²]``; the error bars, labelled in each panel's legend, are
+    ±1 standard error of that mean. Only the ``max_features`` largest per output and the first
+    ``max_outputs`` outputs are drawn (the CSV has them all); the figure's title says so.
 
     Args:
         report: the sensitivity report.
@@ -62,20 +63,28 @@ def plot_sensitivity(
     for k, ax in enumerate(axes):
         order = np.argsort(-report.dgsm[k], kind="stable")[:bars][::-1]
         labels = [report.feature_names[i] for i in order]
-        ax.barh(
-            np.arange(bars),
+        ax.barh(np.arange(bars), report.dgsm[k, order], color="tab:blue", label="DGSM")
+        ax.errorbar(
             report.dgsm[k, order],
+            np.arange(bars),
             xerr=np.nan_to_num(report.dgsm_se[k, order]),
-            color="tab:blue",
+            fmt="none",
             ecolor="black",
             capsize=2,
+            label="±1 standard error",
         )
+        ax.legend(loc="lower right", fontsize="small")
         ax.set_yticks(np.arange(bars), labels)
         ax.set_xlabel("DGSM  E[(∂f/∂xᵢ)²]")
         hidden = f" (top {bars} of {n_in})" if bars < n_in else ""
         ax.set_title(f"{report.output_names[k]}{hidden}")
+    lines = [
+        "DGSM E[(∂f/∂xᵢ)²] per output and feature, largest on top; error bars ±1 standard error"
+    ]
     if shown < n_out:
-        fig.suptitle(f"first {shown} of {n_out} outputs (all in sensitivity.csv)")
+        lines.append(f"first {shown} of {n_out} outputs (all in sensitivity.csv)")
+    chars = max(30, int(12 * fig.get_figwidth()))  # about 12 characters per inch at 10 pt
+    fig.suptitle("\n".join(textwrap.fill(line, chars) for line in lines), fontsize="medium")
     _save(fig, target)
 
 
@@ -89,17 +98,18 @@ def plot_interactions(
 ) -> None:
     """Heatmap of ``E|∂²f_k/∂x_i∂x_j|`` per output (needs a report made with ``hessian=True``).
 
-    The colour scale is set by the interactions ``i ≠ j`` alone: the diagonal holds the pure
-    second derivatives ``E|∂²f_k/∂x_i²|``, often far larger, which would otherwise push every
-    interaction to the bottom of the scale. Diagonal cells are drawn grey, off the scale, with
-    their values written in them (up to ``max_annotated`` features; all values are in the JSON).
+    The colour scale is set by the interactions ``i ≠ j`` alone, as the title says: the diagonal
+    holds the pure second derivatives ``E|∂²f_k/∂x_i²|``, often far larger, which would otherwise
+    push every interaction to the bottom of the scale. Diagonal cells are drawn grey, off the
+    scale. Every cell's value is written in it up to ``max_annotated`` features (all values are
+    in the JSON).
 
     Args:
         report: the sensitivity report.
         target: a path or a binary file object; written as PNG.
         max_outputs: panels (the first outputs).
         max_labels: feature names are written on the axes up to this many features.
-        max_annotated: diagonal values are written in the cells up to this many features.
+        max_annotated: values are written in the cells up to this many features.
 
     Raises:
         ValueError: if the report has no interactions.
@@ -128,15 +138,26 @@ def plot_interactions(
         if n_in <= max_annotated:
             size = min(9.0, max(5.0, 0.22 * cell_points))
             for i in range(n_in):
-                ax.text(i, i, f"{matrix[i, i]:.3g}", ha="center", va="center", fontsize=size)
+                for j in range(n_in):
+                    # Dark text on the light (grey, upper viridis) cells, light on the dark ones.
+                    light = i == j or image.norm(matrix[i, j]) > 0.5
+                    ax.text(
+                        j,
+                        i,
+                        f"{matrix[i, j]:.3g}",
+                        ha="center",
+                        va="center",
+                        fontsize=size,
+                        color="black" if light else "white",
+                    )
         if n_in <= max_labels:
             ax.set_xticks(np.arange(n_in), report.feature_names, rotation=90)
             ax.set_yticks(np.arange(n_in), report.feature_names)
         ax.set_title(report.output_names[k])
-    written = "values written" if n_in <= max_annotated else "values in report.json"
+    written = "values in the cells" if n_in <= max_annotated else "values in report.json"
     lines = [
-        "E|∂²f/∂xᵢ∂xⱼ|, colour scale set by i ≠ j",
-        f"grey diagonal: pure E|∂²f/∂xᵢ²| ({written}, off the scale)",
+        f"interactions E|∂²f/∂xᵢ∂xⱼ| ({written}); diagonal excluded from the colour scale",
+        "grey diagonal: pure E|∂²f/∂xᵢ²|, often far larger than the interactions i ≠ j",
     ]
     if shown < n_out:
         lines.append(f"first {shown} of {n_out} outputs")

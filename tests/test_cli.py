@@ -1,8 +1,10 @@
 """The ``jaxjac`` command line: in-process through ``main``, and once as a console script."""
 
 import json
+import re
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -10,12 +12,17 @@ import pytest
 
 from jaxjac.cli import main
 
+PYPROJECT = (Path(__file__).resolve().parent.parent / "pyproject.toml").read_text()
+
 
 def test_demo_prints_the_closed_form_and_agreeing_routes(capsys):
     assert main(["demo"]) == 0
     out = capsys.readouterr().out
     assert "Jacobian dA/dx" in out
-    assert "Hessian d²A_1/dx²" in out
+    # The network [3, 5, 4, 2] has two outputs, numbered from 1 like the layers W1 … W3.
+    assert "Hessian d²A_1/dx²" in out and "Hessian d²A_2/dx²" in out
+    assert "A_0" not in out and "A_3" not in out
+    assert "outputs A_1 … A_2, inputs x_1 … x_3 and layers W1 … W3 are numbered from 1" in out
     assert "all routes agree" in out
     assert "ROUTES DISAGREE" not in out
     assert "det J = x - y = -3" in out
@@ -48,6 +55,15 @@ def test_console_script_is_installed_and_rejects_unknown_commands():
     assert proc.returncode == 2
     assert "invalid choice" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_version_prints_the_package_version_and_exits_0():
+    (expected,) = re.findall(r'^version = "([^"]+)"$', PYPROJECT, flags=re.M)
+    exe = Path(sys.executable).with_name("jaxjac")
+    proc = subprocess.run([exe, "--version"], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"jaxjac {expected}\n"
+    assert proc.stderr == ""
 
 
 # --- jaxjac sensitivity -------------------------------------------------------------------------
@@ -100,10 +116,13 @@ def test_sensitivity_end_to_end_on_npz_and_csv(files, model, capsys):
     folder, xs = files
     out = folder / "out"
     argv = ["sensitivity", "--params", str(folder / "model.npz"), "--data"]
-    argv += [str(folder / "data.csv"), "--out", str(out), "--bounds=-1:1", "--chunk-size", "64"]
+    # "--bounds -1:1" as two words: argparse alone would take "-1:1" for an unknown option.
+    argv += [str(folder / "data.csv"), "--out", str(out), "--bounds", "-1:1", "--chunk-size", "64"]
     assert main(argv) == 0
     printed = capsys.readouterr()
-    assert "300 rows used, 0 dropped, closed form route" in printed.out
+    first = printed.out.splitlines()[0]
+    prefix = "jaxjac sensitivity: MLP [3, 6, 2] (tansig), float64, 300 rows used, 0 dropped, "
+    assert first.startswith(prefix + "closed form route, ") and first.endswith(" s"), first
     assert printed.err == ""
     assert sorted(p.name for p in out.iterdir()) == [
         "report.json",
@@ -136,11 +155,39 @@ def test_sensitivity_end_to_end_on_npz_and_csv(files, model, capsys):
         "n_params": 38,
     }
     assert report["data"]["rows"] == 300 and report["data"]["rows_dropped"] == 0
+    assert report["options"]["dtype"] == "float64"
+    assert report["options"]["bounds"] == [[-1.0, 1.0]] * 3
     assert set(report["timings_s"]) >= {"load", "compute"}
     assert set(report["versions"]) >= {"jaxjac", "jax", "jaxlib", "numpy", "python"}
     assert report["results"]["feature_names"] == ["speed", "load", "temp"]
     _assert_png(out / "sensitivity.png")
     assert not any(p.name.startswith(".") for p in out.iterdir())  # no temp or checkpoint left
+
+
+def test_sensitivity_summary_names_the_row_of_the_largest_singular_value(files, model, capsys):
+    import jax
+
+    import jaxjac as jj
+
+    folder, xs = files
+    argv = [
+        "sensitivity",
+        "--params",
+        str(folder / "model.npz"),
+        "--data",
+        str(folder / "data.npy"),
+    ]
+    assert main([*argv, "--out", str(folder / "out")]) == 0
+    printed = capsys.readouterr().out
+    # Independently of the library's routes: autodiff Jacobians, numpy's SVD, numpy's argmax.
+    jacobians = jax.vmap(jax.jacfwd(lambda x: jj.mlp_apply(model, x)))(xs)  # (300, 2, 3)
+    sigma = np.linalg.svd(np.asarray(jacobians), compute_uv=False)[:, 0]
+    row = int(np.argmax(sigma))
+    runner_up = np.sort(sigma)[-2]
+    assert sigma[row] - runner_up > 1e-9 * sigma[row]  # the argmax is no near-tie
+    assert f"largest singular value of J: max {sigma[row]:.4g} (data row {row + 1}, 1-based)" in (
+        printed
+    )
 
 
 def test_sensitivity_mat_model_npy_data_and_hessian(files, model, capsys):
@@ -297,6 +344,7 @@ def _bad_inputs(folder, model):
     np.save(folder / "wide.npy", np.ones((4, 5)))
     (folder / "text.csv").write_text("a,b,c\n1,2,3\n4,five,6\n")
     (folder / "nan.csv").write_text("1,2,3\n4,nan,6\n7,8,9\n")
+    np.save(folder / "nan.npy", np.array([[1.0, 2, 3], [4, 5, 6], [np.inf, 8, 9]]))
     missing = {f"W{i}": np.asarray(layer["W"]) for i, layer in enumerate(model, start=1)}
     np.savez(folder / "missing.npz", **missing, b1=np.asarray(model[0]["b"]))
     save_params(folder / "skew.npz", [model[0], {"W": np.ones((2, 5)), "b": np.ones(2)}])
@@ -324,7 +372,14 @@ def _bad_inputs(folder, model):
         (
             "nan",
             {"--data": "nan.csv"},
-            "data row 2 (1-based) has a non-finite value in column 2 ('x2') = nan",
+            f"error: {folder / 'nan.csv'}: data row 2 (1-based) has a non-finite value in "
+            "column 2 ('x2') = nan",
+        ),
+        (
+            "nan-npy",
+            {"--data": "nan.npy"},
+            f"error: {folder / 'nan.npy'}: data row 3 (1-based) has a non-finite value in "
+            "column 1 ('x1') = inf",
         ),
         ("missing", {"--params": "missing.npz"}, "missing b2"),
         ("skew", {"--params": "skew.npz"}, "W2 in"),
@@ -333,6 +388,13 @@ def _bad_inputs(folder, model):
         ("no-model", {"--params": "nothing.npz"}, "model file: expected an existing file"),
         ("no-data", {"--data": "nothing.csv"}, "data file: expected an existing file"),
         ("bounds", {"--bounds": "1:0"}, "--bounds: expected LO:HI"),
+        ("bounds-negative", {"--bounds": "-1:-2"}, "--bounds: expected LO:HI"),
+        (
+            "sigma-negative",
+            {"--sigma": "-0.5,1"},
+            "--sigma: expected one standard deviation or 3 comma-separated ones, all positive, "
+            "found '-0.5,1'",
+        ),
         ("activation", {"--activation": "nope"}, "--activation: expected one of"),
         ("corrupt-npz", {"--params": "corrupt.npz"}, "corrupt.npz: expected an .npz archive"),
         (
@@ -368,7 +430,7 @@ def test_sensitivity_bad_inputs_exit_2_with_one_line_and_no_results(files, model
         options.update(edits)
         argv = ["sensitivity", "--quiet"]
         for key, value in options.items():
-            raw = key in ("--bounds", "--activation", "--devices")
+            raw = key in ("--bounds", "--sigma", "--activation", "--devices")
             argv += [key, value if raw else str(folder / value)]
         code = main(argv)
         err = capsys.readouterr().err
@@ -398,6 +460,7 @@ def test_sensitivity_console_script_reports_a_bad_file_in_one_line(files):
         (["--chunk-size", "0"], "argument --chunk-size: expected a positive integer, found 0"),
         (["--max-chunks", "x"], "argument --max-chunks: expected a positive integer, found 'x'"),
         ([], "the following arguments are required: --params"),
+        (["--bounds", "--hessian"], "argument --bounds: expected one argument"),
     ],
 )
 def test_sensitivity_usage_errors_are_one_line(files, capsys, option, message):
@@ -413,13 +476,54 @@ def test_sensitivity_usage_errors_are_one_line(files, capsys, option, message):
     assert message in err and "(see jaxjac sensitivity --help)" in err
 
 
+def test_sensitivity_negative_bounds_per_feature_as_separate_words(files, capsys):
+    folder, _ = files
+    argv = [
+        "sensitivity",
+        "--params",
+        str(folder / "model.npz"),
+        "--data",
+        str(folder / "data.npy"),
+    ]
+    argv += ["--out", str(folder / "out"), "--quiet", "--bounds", "-2:1,-1:1,0:3"]
+    assert main(argv) == 0, capsys.readouterr().err
+    report = json.loads((folder / "out" / "report.json").read_text())
+    assert report["options"]["bounds"] == [[-2.0, 1.0], [-1.0, 1.0], [0.0, 3.0]]
+    # C = (b - a)² / π² per feature for the uniform bounds
+    np.testing.assert_allclose(
+        report["results"]["bound_constants"], np.array([9.0, 4.0, 9.0]) / np.pi**2, rtol=1e-12
+    )
+
+
+@pytest.mark.parametrize(
+    ("module", "model_file", "purpose"),
+    [
+        ("matplotlib", "model.npz", "writing the plots needs matplotlib"),
+        ("scipy.io", "net.mat", "reading a MATLAB .mat model needs scipy.io"),
+    ],
+)
+def test_sensitivity_missing_cli_extra_names_the_pip_command(
+    files, model, capsys, monkeypatch, module, model_file, purpose
+):
+    from jaxjac.io import save_params
+
+    folder, _ = files
+    save_params(folder / "net.mat", model)
+    (cli_extra,) = re.findall(r"^cli = \[(.*)\]$", PYPROJECT, flags=re.M)  # the extra named
+    assert '"matplotlib>=' in cli_extra and '"scipy>=' in cli_extra
+    monkeypatch.setitem(sys.modules, module, None)  # the next `import module` raises ImportError
+    out = folder / "out"
+    argv = ["sensitivity", "--params", str(folder / model_file), "--data"]
+    assert main([*argv, str(folder / "data.npy"), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith(f"jaxjac sensitivity: error: {purpose}, which could not be imported")
+    assert err.endswith(": pip install 'jaxjac[cli]'\n"), err
+    assert not out.exists()  # refused before any computing
+
+
 def test_interactions_heatmap_scale_is_set_by_the_off_diagonal(tmp_path, monkeypatch):
-    import types
-
-    import jaxjac.plots as plots
-
-    figures = []
-    monkeypatch.setattr(plots, "_save", lambda fig, target: figures.append(fig))
+    plots, figures = _capture_figures(monkeypatch)
     # Pure second derivatives 100x the interactions: on one scale every interaction looks 0.
     matrix = np.array([[100.0, 1.0, 2.0], [1.0, 300.0, 0.5], [2.0, 0.5, 200.0]])
     report = types.SimpleNamespace(
@@ -431,5 +535,68 @@ def test_interactions_heatmap_scale_is_set_by_the_off_diagonal(tmp_path, monkeyp
     assert image.get_clim() == (0.0, 2.0)
     shown = image.get_array()
     assert shown.mask.tolist() == np.eye(3, dtype=bool).tolist()  # the diagonal is off the scale
-    assert [t.get_text() for t in fig.axes[0].texts] == ["100", "300", "200"]
-    assert "diagonal" in fig.get_suptitle()
+    # Every cell's value is written in it (3 ≤ 12 features), at (column j, row i).
+    cells = {tuple(t.get_position()): t.get_text() for t in fig.axes[0].texts}
+    assert len(fig.axes[0].texts) == 9
+    assert cells == {
+        (0, 0): "100",
+        (1, 0): "1",
+        (2, 0): "2",
+        (0, 1): "1",
+        (1, 1): "300",
+        (2, 1): "0.5",
+        (0, 2): "2",
+        (1, 2): "0.5",
+        (2, 2): "200",
+    }
+    title = " ".join(fig.get_suptitle().split())  # the title is wrapped to the figure's width
+    assert "diagonal excluded from the colour scale" in title
+
+
+def _capture_figures(monkeypatch):
+    import jaxjac.plots as plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, target: figures.append(fig))
+    return plots, figures
+
+
+def test_interactions_heatmap_writes_no_values_beyond_12_features(tmp_path, monkeypatch):
+    plots, figures = _capture_figures(monkeypatch)
+    for n_in in (12, 13):
+        matrix = np.arange(1.0, n_in * n_in + 1).reshape(n_in, n_in)
+        report = types.SimpleNamespace(
+            interactions=(matrix + matrix.T)[None],
+            feature_names=[f"x{i}" for i in range(1, n_in + 1)],
+            output_names=["y"],
+        )
+        plots.plot_interactions(report, tmp_path / "i.png")
+    small, large = figures
+    assert len(small.axes[0].texts) == 12 * 12
+    assert len(large.axes[0].texts) == 0
+    assert "values in report.json" in " ".join(large.get_suptitle().split())
+
+
+def test_sensitivity_plot_says_what_it_shows_and_labels_the_error_bars(tmp_path, monkeypatch):
+    from matplotlib.container import ErrorbarContainer
+
+    plots, figures = _capture_figures(monkeypatch)
+    dgsm = np.array([[4.0, 1.0, 9.0], [0.5, 2.0, 0.25]])
+    se = np.array([[0.4, 0.1, 0.3], [0.05, 0.2, 0.01]])
+    report = types.SimpleNamespace(
+        dgsm=dgsm, dgsm_se=se, feature_names=["a", "b", "c"], output_names=["y1", "y2"]
+    )
+    plots.plot_sensitivity(report, tmp_path / "s.png")
+    (fig,) = figures
+    title = " ".join(fig.get_suptitle().split())
+    assert "DGSM E[(∂f/∂xᵢ)²]" in title and "error bars ±1 standard error" in title
+    for k, ax in enumerate(fig.axes[:2]):
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == ["DGSM", "±1 standard error"]
+        (bars,) = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+        assert bars.get_label() == "±1 standard error"
+        # Each bar's error segment spans DGSM ± 1 standard error, largest DGSM on top.
+        (segments,) = [line.get_segments() for line in bars.lines[2]]
+        order = np.argsort(dgsm[k])  # bottom to top
+        spans = np.array([[seg[0][0], seg[1][0]] for seg in segments])
+        expected = np.stack([dgsm[k, order] - se[k, order], dgsm[k, order] + se[k, order]], 1)
+        np.testing.assert_allclose(spans, expected, rtol=1e-12)

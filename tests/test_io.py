@@ -351,6 +351,71 @@ def test_flax_layout_without_bias_and_with_a_foreign_layer(params):
         from_flax_dense_params(bad)
 
 
+@pytest.mark.parametrize(
+    ("names", "message"),
+    [
+        (
+            ["Dense_0", "Dense_2", "Dense_3"],
+            "expected Dense_0, Dense_1, Dense_2 in order (linen numbers its Dense layers from 0 "
+            "without gaps); found 'Dense_0', 'Dense_2', 'Dense_3' (missing Dense_1)",
+        ),
+        (
+            ["Dense_1", "Dense_2", "Dense_3"],
+            "expected Dense_0, Dense_1, Dense_2 in order (linen numbers its Dense layers from 0 "
+            "without gaps); found 'Dense_1', 'Dense_2', 'Dense_3' (missing Dense_0)",
+        ),
+        (
+            ["Dense_0", "Dense_1", "head"],
+            "expected names that give the layer order, Dense_0, Dense_1, … (one prefix, "
+            "numbered in the order the layers apply); found 'Dense_0', 'Dense_1', 'head', which "
+            "mix numbered and unnumbered names",
+        ),
+        (
+            ["Dense_0", "Dense_1", "Output_0"],
+            "found 'Dense_0', 'Dense_1', 'Output_0', which mix the prefixes 'Dense_', 'Output_'",
+        ),
+    ],
+)
+def test_flax_layer_names_without_an_order_name_the_order_expected(params, names, message):
+    # Shapes chain in every case: only the names can tell that a layer is missing or misplaced.
+    variables = _flax_layout(params, names)
+    with pytest.raises(ValueError) as err:
+        from_flax_dense_params(variables)
+    assert message in str(err.value)
+    assert str(err.value).startswith("Flax layers: expected ")
+
+
+def test_flax_layer_names_that_do_give_an_order(params):
+    # nn.Sequential's layers_0, layers_2, …: its activations take the odd numbers.
+    _assert_same_params(
+        from_flax_dense_params(_flax_layout(params, ["layers_0", "layers_2", "layers_4"])), params
+    )
+    # No numbers at all: insertion order, as documented.
+    _assert_same_params(
+        from_flax_dense_params(_flax_layout(params, ["hidden", "middle", "out"])), params
+    )
+
+
+def test_flax_layer_order_names_the_order_of_any_names(params):
+    # Stored out of order, and with names that give none: layer_order says it.
+    variables = _flax_layout(params, ["Dense_0", "Dense_1", "head"])
+    variables["params"] = dict(reversed(variables["params"].items()))
+    converted = from_flax_dense_params(variables, layer_order=["Dense_0", "Dense_1", "head"])
+    _assert_same_params(converted, params)
+    with pytest.raises(ValueError, match=r"layer_order must name every Flax layer once: expected"):
+        from_flax_dense_params(variables, layer_order=["Dense_0", "head"])
+    with pytest.raises(ValueError, match=r"got 'Dense_0', 'Dense_0', 'head'"):
+        from_flax_dense_params(variables, layer_order=["Dense_0", "Dense_0", "head"])
+
+
+def test_flax_single_layer_without_layer_names_is_refused(params):
+    layer = _flax_layout(params[:1], ["Dense_0"])["params"]["Dense_0"]
+    with pytest.raises(ValueError) as err:
+        from_flax_dense_params({"params": layer})
+    assert "one entry per layer, Dense_0, Dense_1, …" in str(err.value)
+    assert "found one layer's entries ['bias', 'kernel']" in str(err.value)
+
+
 def test_equinox_layout_converts(params):
     layers = tuple(types.SimpleNamespace(weight=layer["W"], bias=layer["b"]) for layer in params)
     mlp = types.SimpleNamespace(

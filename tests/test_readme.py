@@ -35,20 +35,51 @@ def test_python_blocks_then_console_commands_run(tmp_path):
     _check_curvature_example(proc.stdout)
     # The console examples use the files the Python blocks wrote (model.npz, data.csv).
     exe = Path(sys.executable).with_name("jaxjac")
-    commands = [
-        line[2:]
-        for b in _blocks("console")
-        for line in b.splitlines()
-        if line.startswith("$ jaxjac")
-    ]
+    commands = _console_commands()
     assert commands
-    for command in commands:
+    for command, quoted in commands:
         args = shlex.split(command)[1:]
         proc = subprocess.run(
             [str(exe), *args], cwd=tmp_path, capture_output=True, text=True, check=False
         )
         assert proc.returncode == 0, (command, proc.stderr)
+        if quoted:
+            _check_quoted_output(quoted, proc.stdout)
     assert (tmp_path / "results" / "sensitivity.csv").exists()
+
+
+def _console_commands() -> list[tuple[str, str]]:
+    """``(command, the output the README shows under it)`` for every ``$ jaxjac`` line."""
+    found = []
+    for block in _blocks("console"):
+        for part in re.split(r"(?m)^(?=\$ )", block):
+            first, _, rest = part.partition("\n")
+            if first.startswith("$ jaxjac"):
+                found.append((first[2:], rest))
+    return found
+
+
+_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?"
+
+
+def _check_quoted_output(quoted: str, printed: str) -> None:
+    """The README's quoted output is what the command prints, timings aside.
+
+    The words must match exactly; every quoted number must match the printed one to half a
+    unit of its last quoted digit, plus as much again for rounding on another CPU (integers,
+    such as counts and row numbers, exactly).
+    """
+    timing = r"\d+(?:\.\d+)? s$"  # the run time ends the first line
+    quoted = re.sub(timing, "<time>", quoted.strip(), count=1, flags=re.M)
+    printed = re.sub(timing, "<time>", printed.strip(), count=1, flags=re.M)
+    assert re.split(_NUMBER, quoted) == re.split(_NUMBER, printed), (quoted, printed)
+    for want, got in zip(re.findall(_NUMBER, quoted), re.findall(_NUMBER, printed), strict=True):
+        mantissa, _, exponent = want.lower().partition("e")
+        if "." not in mantissa:
+            assert got == want, (want, got, printed)
+            continue
+        unit = 10.0 ** (int(exponent or 0) - len(mantissa.split(".")[1]))
+        assert abs(float(got) - float(want)) <= unit, (want, got, printed)
 
 
 def _numbers(pattern: str, text: str) -> list[float]:
