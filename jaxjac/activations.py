@@ -21,6 +21,7 @@ network instead of silently vanishing.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -106,7 +107,10 @@ def register_activation(
         df: its exact first derivative; derived by forward-mode autodiff of ``f`` when omitted.
         d2f: its exact second derivative; derived by forward-mode autodiff of ``df`` when omitted.
         formula: a human-readable definition.
-        overwrite: allow replacing an existing name (built-ins included).
+        overwrite: allow replacing an existing name (built-ins included). Programs compiled
+            with the old definition are keyed on the name, so replacing one clears JAX's
+            compilation caches and jaxjac's plans: every jitted function, yours included,
+            compiles again on its next call, and none runs the old definition.
 
     Returns:
         The registered :class:`Activation`.
@@ -125,8 +129,20 @@ def register_activation(
     df = df if df is not None else _elementwise_derivative(f)
     d2f = d2f if d2f is not None else _elementwise_derivative(df)
     act = _with_derivatives(key, f, df, d2f, formula)
+    replaced = key in _REGISTRY
     _REGISTRY[key] = act
+    if replaced:
+        _forget_compiled()
     return act
+
+
+def _forget_compiled() -> None:
+    """Drop every compiled program and plan: some may hold a replaced activation."""
+    jax.clear_caches()
+    for module, cache in (("jaxjac.planner", "_PLANS"), ("jaxjac.derivatives", "_OUT_LAYOUTS")):
+        loaded = sys.modules.get(module)  # not imported yet: nothing of it is cached
+        if loaded is not None:
+            getattr(loaded, cache).clear()
 
 
 def list_activations() -> list[str]:

@@ -77,6 +77,16 @@ def _forward(params: MLPParams, x: jax.Array, act: Activation, *, second: bool) 
     return _Forward(acts, d1, d2, out)
 
 
+def _promoted(params: MLPParams, x: jax.Array) -> MLPParams:
+    """``params`` cast to the dtype of the result.
+
+    Float32 weights with float64 inputs (Flax's and ``mlp_init``'s default with x64 on) would
+    otherwise square float32 values in float32.
+    """
+    dtype = jnp.result_type(x, *jax.tree_util.tree_leaves(params))
+    return jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), params)
+
+
 def _batched(fn):
     """Accept ``(n_in,)`` or ``(B, n_in)``: run ``fn`` on ``(B, n_in)``, squeeze if unbatched."""
 
@@ -230,6 +240,7 @@ def _contract(zt: jax.Array, c: jax.Array) -> jax.Array:
 
 
 def _hessian(params, x, act):
+    params = _promoted(params, x)
     fw = _forward(params, x, act, second=True)
     batch, n_in = x.shape
     n_out = params[-1]["W"].shape[0]
@@ -298,6 +309,7 @@ def _laplacian(params, x, act):
 def _laplacian_rows(params, x, act):
     # Gradients carried transposed, (B, n_in, h): one tall GEMM per layer (see _input_side).
     batch = x.shape[0]
+    params = _promoted(params, x)
     gz = params[0]["W"].T  # ∂z_1/∂x ᵀ, shared: (n_in, h_1)
     lz = jnp.zeros((batch, params[0]["W"].shape[0]), x.dtype)  # Δz_1 = 0: z_1 is affine in x
     z = x @ params[0]["W"].T + params[0]["b"]

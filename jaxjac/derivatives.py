@@ -88,6 +88,17 @@ def _out_size(f: Fn, params: Any, x: jax.Array) -> int:
     return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(out))
 
 
+def _differentiable_input(x: ArrayLike) -> jax.Array:
+    """``x`` as an array, refusing dtypes that cannot be differentiated (integers, booleans)."""
+    x = jnp.asarray(x)  # a list or tuple of numbers, as a user may write x
+    if not jnp.issubdtype(x.dtype, jnp.inexact):
+        raise TypeError(
+            f"x must be a floating array to differentiate with respect to it, got dtype "
+            f"{x.dtype}; pass x.astype(jnp.float32) (or float64)"
+        )
+    return x
+
+
 # --- per-example building blocks (plain functions: they compose under vmap, grad, shard_map) --
 
 
@@ -104,7 +115,7 @@ def _input_hessian(f: Fn, params: Any, x: jax.Array) -> Any:
 
 def _weight_jacobian(f: Fn, params: Any, x: jax.Array, mode: str = "rev") -> Any:
     _check_mode(mode)
-    n_params = sum(leaf.size for leaf in jax.tree_util.tree_leaves(params))
+    n_params = sum(np.size(leaf) for leaf in jax.tree_util.tree_leaves(params))
     mode = resolve_input_mode(n_params, _out_size(f, params, x), mode)
     jac = jax.jacfwd if mode == "fwd" else jax.jacrev
     return jac(lambda p: f(p, x))(params)
@@ -263,6 +274,7 @@ def input_jacobian(f: Fn, params: Any, x: ArrayLike, *, mode: Mode = "auto") -> 
     Returns:
         ``f_out.shape + x.shape``.
     """
+    x = _differentiable_input(x)
     return _input_jacobian(f, params, x, mode=mode)
 
 
@@ -273,6 +285,7 @@ def input_hessian(f: Fn, params: Any, x: ArrayLike) -> jax.Array:
     Returns:
         ``f_out.shape + x.shape + x.shape`` (symmetric in the last two groups of axes).
     """
+    x = _differentiable_input(x)
     return _input_hessian(f, params, x)
 
 
@@ -482,6 +495,7 @@ def input_jvp(f: Fn, params: Any, x: ArrayLike, v: ArrayLike) -> tuple[jax.Array
     Returns:
         ``(f(params, x), J v)``, the second of shape ``f_out.shape``.
     """
+    x = _differentiable_input(x)
     return _input_jvp(f, params, x, v)
 
 
@@ -495,6 +509,7 @@ def input_vjp(f: Fn, params: Any, x: ArrayLike, u: ArrayLike) -> tuple[jax.Array
     Returns:
         ``(f(params, x), uᵀ J)``, the second of shape ``x.shape``.
     """
+    x = _differentiable_input(x)
     return _input_vjp(f, params, x, u)
 
 
@@ -508,6 +523,7 @@ def input_hvp(f: Fn, params: Any, x: ArrayLike, v: ArrayLike) -> jax.Array:
     Returns:
         ``f_out.shape + x.shape``: ``Σ_j H[..., :, j] v_j``.
     """
+    x = _differentiable_input(x)
     return _input_hvp(f, params, x, v)
 
 

@@ -213,7 +213,7 @@ def _result_bytes(task: str, f: Callable, params: Any, xs: jax.Array) -> tuple[i
     elif task == "input_hessian":
         per = n_out * n_in * n_in
     else:
-        per = n_out * sum(leaf.size for leaf in jax.tree_util.tree_leaves(params))
+        per = n_out * sum(jnp.size(leaf) for leaf in jax.tree_util.tree_leaves(params))
     return xs.shape[0] * per * itemsize, n_in, n_out
 
 
@@ -234,7 +234,7 @@ def _memory_limit() -> int | None:
 def _analyse(f, params, xs, route: _Route, batch: int) -> tuple[int, float]:
     """XLA's temporary bytes and FLOPs of the program on ``batch`` examples."""
     spec = jax.ShapeDtypeStruct((batch, *xs.shape[1:]), xs.dtype)
-    params_spec = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), params)
+    params_spec = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(*_shape_dtype(a)), params)
     compiled = (
         jax.jit(lambda p, b: _batched_program(f, p, b, route._replace(chunk_size=None)))
         .lower(params_spec, spec)
@@ -325,6 +325,11 @@ def plan(
     if jnp.ndim(xs) < 1:
         raise ValueError(f"xs must have a leading batch axis, got shape {jnp.shape(xs)}")
     xs = jax.ShapeDtypeStruct(*_shape_dtype(xs))
+    if not jnp.issubdtype(xs.dtype, jnp.inexact):
+        raise TypeError(
+            f"xs must be a floating array to differentiate with respect to it, got dtype "
+            f"{xs.dtype}; pass xs.astype(jnp.float32) (or float64)"
+        )
     analyse = max_memory_bytes is not None if analyse is None else analyse
     made = _make_plan(task, mode, chunk_size, max_memory_bytes, analyse, f, params, xs)
     if key is not None:
@@ -343,7 +348,14 @@ def _make_plan(task, mode, chunk_size, max_memory_bytes, analyse, f, params, xs)
     reasons = []
     act = mlp_activation(f)
     batch = xs.shape[0]
-    if act is not None and _is_mlp_params(params) and len(xs.shape) == 2:
+    mlp = act is not None and _is_mlp_params(params)
+    if mlp and len(xs.shape) == 1:
+        n_in = params[0]["W"].shape[1]
+        raise ValueError(
+            f"xs must be a batch of shape (B, {n_in}) for this MLP, got shape {xs.shape}: one "
+            f"example? pass xs[None], or use the per-example helper ({task})"
+        )
+    if mlp and len(xs.shape) == 2:
         check_mlp_input(params, xs)  # names the batch's shape, not one example's
     result_bytes, n_in, n_out = _result_bytes(task, f, params, xs)
     limit = _memory_limit()
@@ -361,10 +373,14 @@ def _make_plan(task, mode, chunk_size, max_memory_bytes, analyse, f, params, xs)
         and mode in ("auto", "closed_form")
     )
     if mode == "closed_form" and not closed:
-        raise ValueError(
-            "mode='closed_form' needs f to be jaxjac's MLP with MLP params and xs of shape "
-            f"(B, n_in); got xs of shape {xs.shape}"
-        )
+        if act is None:
+            why = (
+                "f is not jaxjac's MLP (jj.mlp_apply, jj.mlp_function(...), or a "
+                "functools.partial of mlp_apply with only its activation bound)"
+            )
+        else:  # MLP params were checked when f was evaluated
+            why = f"xs has shape {xs.shape}, not (B, n_in)"
+        raise ValueError(f"mode='closed_form' needs jaxjac's MLP on a (B, n_in) batch: {why}")
     if closed:
         sizes = validate_mlp_params(params)
         route = "closed_form"
@@ -393,7 +409,7 @@ def _make_plan(task, mode, chunk_size, max_memory_bytes, analyse, f, params, xs)
             reasons.append("params are not an MLP parameter list: autodiff")
         elif act is None:
             reasons.append("f is not jaxjac's MLP: autodiff")
-        n_params = sum(leaf.size for leaf in jax.tree_util.tree_leaves(params))
+        n_params = sum(jnp.size(leaf) for leaf in jax.tree_util.tree_leaves(params))
         wide = n_in if task != "weight_jacobian" else n_params
         if task == "input_hessian":
             acc = "fwd-over-rev"

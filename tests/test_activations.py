@@ -153,3 +153,37 @@ def test_register_custom_activation_with_and_without_derivatives():
     x = jnp.array([0.3, -0.2])
     jac = jj.closed_form.mlp_jacobian(params, x, "test_cube_derived")
     assert_close(jac, jax.jacrev(lambda v: jj.mlp_apply(params, v, "test_cube"))(x), 1e-13)
+
+
+def test_replacing_an_activation_recompiles_everything_that_used_it():
+    # The compiled programs are keyed on the name: after overwrite=True none may run the old
+    # definition (a silent sin-for-cos mix otherwise, errors of order one).
+    name = "test_replaced_sin_then_cos"
+    params = jj.mlp_init(jax.random.key(0), [3, 5, 2], dtype=jnp.float64)
+    xs = jax.random.normal(jax.random.key(1), (4, 3), jnp.float64)
+
+    def by_hand(x, g):  # the same network written out with the activation g
+        return params[1]["W"] @ g(params[0]["W"] @ x + params[0]["b"]) + params[1]["b"]
+
+    jj.register_activation(name, jnp.sin)
+    net = jj.mlp_function(name)
+
+    def run():
+        return {
+            "hessian": jj.batch_input_hessian(net, params, xs),
+            "jacobian": jj.input_jacobian(net, params, xs[0]),
+            "laplacian": jj.closed_form.mlp_laplacian(params, xs, name),
+            "value": jax.jit(lambda x: jj.mlp_apply(params, x, name))(xs[0]),
+        }
+
+    for g in (jnp.sin, jnp.cos):
+        if g is jnp.cos:
+            jj.register_activation(name, jnp.cos, overwrite=True)
+        results = run()  # the same calls, the same function objects
+        hess = jax.vmap(jax.hessian(lambda x, g=g: by_hand(x, g)))(xs)
+        assert_close(results["hessian"], hess, exact_rtol(jnp.float64), what=g.__name__)
+        jac = jax.jacfwd(lambda x, g=g: by_hand(x, g))(xs[0])
+        assert_close(results["jacobian"], jac, exact_rtol(jnp.float64), what=g.__name__)
+        lap = jnp.trace(hess, axis1=-2, axis2=-1)
+        assert_close(results["laplacian"], lap, exact_rtol(jnp.float64), what=g.__name__)
+        assert_close(results["value"], by_hand(xs[0], g), exact_rtol(jnp.float64))

@@ -210,6 +210,27 @@ def test_bad_chunk_size_and_unbatched_input(net):
         jj.batch_input_jacobian(_sqnorm, None, jnp.array(1.0))
 
 
+def test_a_list_input_is_an_array_and_an_integer_input_is_refused(net):
+    params, xs = net
+    x = [float(v) for v in xs[0]]  # as a user types it
+    assert_close(
+        jj.input_jacobian(_mlp_tanh, params, x), jj.input_jacobian(_mlp_tanh, params, xs[0]), 0.0
+    )
+    assert_close(
+        jj.input_hessian(_mlp_tanh, params, x), jj.input_hessian(_mlp_tanh, params, xs[0]), 0.0
+    )
+    ints = jnp.arange(4)
+    message = r"x must be a floating array to differentiate with respect to it, got dtype int"
+    for helper in (jj.input_jacobian, jj.input_hessian):
+        with pytest.raises(TypeError, match=message):
+            helper(_mlp_tanh, params, ints)
+    with pytest.raises(TypeError, match=message):
+        jj.input_jvp(_mlp_tanh, params, ints, ints)
+    for helper in (jj.batch_input_jacobian, jj.batch_input_hessian, jj.batch_weight_jacobian):
+        with pytest.raises(TypeError, match="xs must be a floating array"):
+            helper(jj.mlp_function("tanh"), params, jnp.ones((3, 4), jnp.int32))
+
+
 def test_float32_batched_jacobian_within_dtype_tolerance(net):
     params, xs = net
     p32 = jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), params)

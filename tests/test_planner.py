@@ -47,8 +47,12 @@ def test_routes_and_modes(mlp):
     assert (p.route, p.mode) == ("autodiff", "rev")
     tall = {"W": jnp.ones((9, 2), F64)}
     assert planner.plan("input_jacobian", _generic, tall, jnp.ones((5, 2), F64)).mode == "fwd"
-    with pytest.raises(ValueError, match="needs f to be jaxjac's MLP"):
+    with pytest.raises(ValueError, match=r"closed_form.*: f is not jaxjac's MLP"):
         planner.plan("input_jacobian", _generic, wide, jnp.ones((5, 9), F64), mode="closed_form")
+    with pytest.raises(ValueError, match=r"params must be a non-empty list of \{'W'"):
+        planner.plan("input_jacobian", f, wide, jnp.ones((5, 9), F64), mode="closed_form")
+    with pytest.raises(ValueError, match=r"closed_form.*: xs has shape \(5, 2, 6\), not"):
+        planner.plan("input_jacobian", f, params, jnp.ones((5, 2, 6), F64), mode="closed_form")
     with pytest.raises(ValueError, match="task must be one of"):
         planner.plan("laplacian_of_everything", f, params, xs)
 
@@ -98,6 +102,35 @@ def test_a_batch_of_the_wrong_width_names_the_batch_shape(mlp, task):
     params, _ = mlp  # 6 inputs
     with pytest.raises(ValueError, match=r"\(batch, 6\) to match W_1 .*got shape \(5, 4\)"):
         planner.plan(task, jj.mlp_apply, params, jnp.ones((5, 4), F64))
+
+
+@pytest.mark.parametrize("task", planner.TASKS)
+def test_one_example_given_to_a_batched_helper_is_named_as_such(mlp, task):
+    params, xs = mlp
+    with pytest.raises(
+        ValueError, match=r"xs must be a batch of shape \(B, 6\) .*got shape \(6,\)"
+    ):
+        planner.plan(task, jj.mlp_apply, params, xs[0])
+
+
+def test_python_scalars_in_params_are_planned_like_arrays():
+    xs = jnp.arange(12.0, dtype=F64).reshape(4, 3)
+
+    def scaled(p, x):
+        return jnp.sin(x) * p["a"] + p["b"]
+
+    params = {"a": 2.0, "b": 1.0}  # Python floats, as a user writes them
+    as_arrays = {"a": jnp.asarray(2.0, F64), "b": jnp.asarray(1.0, F64)}
+    for task in ("input_jacobian", "input_hessian"):
+        got = getattr(jj, f"batch_{task}")(scaled, params, xs)
+        want = jax.vmap(
+            getattr(jax, "jacfwd" if task == "input_jacobian" else "hessian")(
+                lambda x: scaled(as_arrays, x)
+            )
+        )(xs)
+        assert_close(got, want, rtol=exact_rtol(F64))
+    jw = jj.batch_weight_jacobian(scaled, params, xs, max_memory_bytes=2**20)
+    assert_close(jw["a"], jnp.sin(xs), rtol=exact_rtol(F64))
 
 
 def test_explain_reads_well(mlp):
@@ -204,7 +237,7 @@ def test_examples_that_are_not_feature_rows_take_the_autodiff_route():
         assert_close(got, expected[task], exact_rtol(F64), what=task)
         assert_close(helper(f, params, xs, chunk_size=3), got, exact_rtol(F64), what="chunked")
         with pytest.raises(
-            ValueError, match=r"xs of shape \(B, n_in\); got xs of shape \(4, 2, 3\)"
+            ValueError, match=r"\(B, n_in\) batch: xs has shape \(4, 2, 3\), not \(B, n_in\)"
         ):
             planner.plan(task, f, params, xs, mode="closed_form")
     # Rows within an example do not interact: the Jacobian is block diagonal, each block the
