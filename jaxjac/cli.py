@@ -284,6 +284,21 @@ def _print_summary(
     )
 
 
+def _in_cli_words(err: ValueError) -> ValueError:
+    """The library's advice in the words of the command line (its options, not its keywords)."""
+    from jaxjac.sensitivity import DROP_NONFINITE_HINT, START_OVER_HINT
+
+    words = {
+        DROP_NONFINITE_HINT: "pass --drop-nonfinite to skip such rows",
+        START_OVER_HINT: "start over without --resume",
+    }
+    message = str(err)
+    translated = message
+    for python, cli in words.items():
+        translated = translated.replace(python, cli)
+    return err if translated == message else ValueError(translated)
+
+
 def _name_the_data_file(err: ValueError, data: str) -> ValueError:
     """Prefix an error about a data row with the data file, as the readers' errors are."""
     message = str(err)
@@ -332,8 +347,11 @@ def run_sensitivity(args: argparse.Namespace) -> int:
     # run rewrites them all at the end, so none may stay beside this run's checkpoint.
     _remove_results(folder)
     resuming = args.resume and (folder / CHECKPOINT_JSON).exists()
-    if args.resume and not resuming and not args.quiet:
-        print(f"no checkpoint in {folder}: starting from the first row")
+    if args.resume and not resuming:  # even with --quiet: a mistyped --out shows here
+        print(
+            f"jaxjac sensitivity: no checkpoint in {folder}: starting from the first row",
+            file=sys.stderr,
+        )
     stat = Path(args.data).stat()
     fingerprint = {
         "data_file": str(Path(args.data).resolve()),
@@ -370,7 +388,7 @@ def run_sensitivity(args: argparse.Namespace) -> int:
             dtype=_DTYPE,
         )
     except ValueError as err:
-        raise _name_the_data_file(err, args.data) from None
+        raise _name_the_data_file(_in_cli_words(err), args.data) from None
     except KeyboardInterrupt:
         print(
             f"jaxjac sensitivity: interrupted; checkpoint in {folder}: rerun with --resume to "

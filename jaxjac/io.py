@@ -555,14 +555,23 @@ def _layer_order(names: list[Any]) -> list[Any]:
 
     Numbered names with one prefix give the order (``Dense_0, Dense_1, …``; ``layers_0,
     layers_2, …`` from ``nn.Sequential``, whose activations take the odd numbers; integer keys).
-    Names without any number keep their insertion order, the documented fallback. A mix of
-    prefixes, or numbered and unnumbered names together, has no order to go by; linen numbers
-    its ``Dense`` layers from 0 without gaps, so a missing ``Dense_k`` is a missing layer.
+    Names without any number (``proj``, ``head``) give none: their dict order is no guide, as
+    ``jax.tree`` and optax operations return dicts with sorted keys, so more than one of them
+    is refused (``layer_order`` names the order). A mix of prefixes, or numbered and unnumbered
+    names together, has no order to go by either; linen numbers its ``Dense`` layers from 0
+    without gaps, so a missing ``Dense_k`` is a missing layer.
     """
     keys = [_natural_key(n) for n in names]
     numbered = [n for n, key in zip(names, keys, strict=True) if key[1] >= 0]
     if not numbered:
-        return names
+        if len(names) == 1:
+            return names
+        raise ValueError(
+            f"Flax layers: expected names that give the layer order, {_FLAX_ORDER}; found "
+            f"{_shown_names(names)}, which carry no number: their dict order is not the order "
+            "the layers apply (jax.tree and optax operations sort dict keys), so pass "
+            "layer_order=[...] naming the layers in the order they apply"
+        )
     prefixes = sorted({key[0] for key in keys if key[1] >= 0})
     mixed = []
     if len(prefixes) > 1:
@@ -656,7 +665,9 @@ def from_flax_dense_params(
     Works for ``flax.linen`` modules that call ``nn.Dense`` in sequence (``Dense_0``,
     ``Dense_1``, … or ``nn.Sequential``'s ``layers_0``, ``layers_2``, …) and for ``flax.nnx``
     states turned into plain dicts (``nnx.to_pure_dict(nnx.state(model, nnx.Param))``). Layers are
-    taken in the numeric order of their names (insertion order when no name carries a number).
+    taken in the numeric order of their names; names without numbers (``Dense(3, name="proj")``)
+    need ``layer_order``, as their dict order is lost to the sorted keys of ``jax.tree`` and optax
+    operations.
     The activation is not part of the parameters: pass the matching jaxjac activation name.
 
     Args:
@@ -664,15 +675,17 @@ def from_flax_dense_params(
             dict; a layer without ``bias`` (``use_bias=False``) gets zeros.
         dtype: dtype of the returned leaves; ``None`` keeps the kernel's.
         layer_order: the layer names in the order the layers apply, for names that give no
-            order of their own (``["hidden", "out"]``); ``None`` orders them by number.
+            order of their own (``["hidden", "out"]``); ``None`` orders them by number, and
+            refuses more than one layer whose names carry no number.
 
     Returns:
         A list of ``{"W": kernel.T (out, in), "b": (out,)}``.
 
     Raises:
-        ValueError: for names that give no layer order (a mix of prefixes, numbered and
-            unnumbered names together, a missing ``Dense_k``: the message names the order
-            expected and the names found), a layer that is not dense or shapes that do not chain.
+        ValueError: for names that give no layer order without ``layer_order`` (names
+            without numbers, a mix of prefixes, numbered and unnumbered names together, a
+            missing ``Dense_k``: the message names the order expected and the names found), a
+            layer that is not dense or shapes that do not chain.
     """
     params: MLPParams = []
     for name, layer in _layer_dicts(variables, layer_order):

@@ -95,6 +95,10 @@ CHECKPOINT_JSON = "sensitivity.checkpoint.json"
 _CHECKPOINT_VERSION = 1
 _PROBE_ROWS = 256  # rows hashed at each end of the data for the resume fingerprint
 
+# Advice in the errors, in Python words; the CLI puts its own options in their place.
+DROP_NONFINITE_HINT = "pass drop_nonfinite=True to skip such rows"
+START_OVER_HINT = "start over with resume=False"
+
 
 # --- running moments (host, float64) ------------------------------------------------------------
 
@@ -601,8 +605,38 @@ def _work_dtype(params: Any, data: np.ndarray, dtype: Any) -> np.dtype:
     return np.dtype(jax.dtypes.canonicalize_dtype(dtype))
 
 
-def _output_size(f: Fn, params: Any, n_in: int, dtype: np.dtype) -> int:
-    out = jax.eval_shape(f, params, jax.ShapeDtypeStruct((n_in,), dtype))
+def _cast_floats(params: Any, dtype: np.dtype) -> Any:
+    """``params`` with every floating array leaf cast to ``dtype`` (other leaves unchanged)."""
+
+    def cast(leaf: Any) -> Any:
+        if hasattr(leaf, "dtype") and np.issubdtype(leaf.dtype, np.floating):
+            return jnp.asarray(leaf, dtype)
+        return leaf
+
+    return jax.tree_util.tree_map(cast, params)
+
+
+def _check_mlp_width(f: Fn, params: Any, shape: tuple[int, ...]) -> None:
+    """For jaxjac's MLP, refuse data whose width is not the model's, naming the data's shape."""
+    if mlp_activation(f) is None:
+        return
+    sizes = validate_mlp_params(params)
+    if shape[1] != sizes[0]:
+        raise ValueError(
+            f"xs must have shape (N, {sizes[0]}) to match W_1 of shape ({sizes[1]}, {sizes[0]}); "
+            f"got shape {shape}"
+        )
+
+
+def _output_size(f: Fn, params: Any, data_shape: tuple[int, ...], dtype: np.dtype) -> int:
+    n_in = data_shape[1]
+    try:
+        out = jax.eval_shape(f, params, jax.ShapeDtypeStruct((n_in,), dtype))
+    except Exception as err:  # the model's own error, whatever its type: say where it happened
+        raise ValueError(
+            f"f(params, x) failed on a row of shape ({n_in},) of xs of shape {data_shape}: "
+            f"{type(err).__name__}: {err}"
+        ) from err
     shape = getattr(out, "shape", None)
     if shape is None or len(shape) > 1:
         raise ValueError(
@@ -662,8 +696,7 @@ def _nonfinite_error(
     more = f" and {cols.size - 5} more" if cols.size > 5 else ""
     return ValueError(
         f"data row {row + 1} (1-based) has a non-finite value in column {shown}{more} "
-        "(columns 1-based): expected finite numbers; drop such rows with drop_nonfinite=True "
-        "(--drop-nonfinite in the CLI)"
+        f"(columns 1-based): expected finite numbers; {DROP_NONFINITE_HINT}"
     )
 
 
@@ -837,8 +870,8 @@ def _load_checkpoint(
         )
         raise ValueError(
             f"the checkpoint in {folder} was made for different inputs ({', '.join(differ)} "
-            "differ): expected the same model, data and options to resume; start over without "
-            "resume (--resume in the CLI)"
+            f"differ): expected the same model, data and options to resume; {START_OVER_HINT}, "
+            "or remove the checkpoint folder"
         )
     if not npz_path.exists():
         return None  # interrupted before the first chunk finished
@@ -851,7 +884,7 @@ def _load_checkpoint(
     except (ValueError, KeyError, OSError) as err:
         raise ValueError(
             f"{npz_path}: expected a readable checkpoint matching {meta_path}: {err}; "
-            "run without resume to start over"
+            f"{START_OVER_HINT}, or remove the checkpoint folder"
         ) from None
 
 
@@ -987,7 +1020,8 @@ def sensitivity(
         drop_nonfinite: skip rows with NaN or inf (counted in ``n_dropped``) instead of failing.
         route: ``"auto"`` (closed form for the jaxjac MLP, else autodiff), ``"closed_form"`` or
             ``"autodiff"``.
-        dtype: working dtype of the derivatives; the statistics are float64 regardless.
+        dtype: working dtype of the derivatives: the data and the floating leaves of ``params``
+            are cast to it (``None``: no cast); the statistics are float64 regardless.
         reservoir_size: the most ``σ_max`` values kept for the quantiles (exact below it).
         checkpoint: a folder (created if missing) for the checkpoint: written after a chunk
             once ``checkpoint_interval_s`` have passed since the last one, after the last chunk,
@@ -1007,7 +1041,8 @@ def sensitivity(
         A :class:`SensitivityReport`.
 
     Raises:
-        ValueError: for bad shapes or options, a non-finite input row (naming the first, 1-based)
+        ValueError: for bad shapes or options, ``f`` failing on a row of ``xs`` (the original
+            error as its cause), a non-finite input row (naming the first, 1-based)
             without ``drop_nonfinite``, non-finite derivatives, no finite rows at all, or a
             checkpoint made for different inputs.
     """
@@ -1023,12 +1058,14 @@ def sensitivity(
     if resume and checkpoint is None:
         raise ValueError("resume=True needs a checkpoint folder")
     route_used, activation = _resolve_route(f, params, route)
+    _check_mlp_width(f, params, data.shape)
     work = _work_dtype(params, data, dtype)
-    n_out = _output_size(f, params, n_in, work)
+    work_params = _cast_floats(params, work) if dtype is not None else params
+    n_out = _output_size(f, work_params, data.shape, work)
     features = _names(feature_names, n_in, "x", "feature_names")
     outputs = _names(output_names, n_out, "y", "output_names")
     constants = _bound_constants(bounds, variances, n_in)
-    device_params = jax.tree_util.tree_map(jnp.asarray, params)
+    device_params = jax.tree_util.tree_map(jnp.asarray, work_params)
     mesh = make_mesh(devices if devices is not None else 1)
     if not drop_nonfinite and not resume:
         _check_finite(data, 0, features)  # before anything is written: a refused run writes none

@@ -258,6 +258,29 @@ def test_sensitivity_resume_with_changed_data_is_refused(files, capsys):
         and "different inputs" in err
         and "(data, data file modification time differ)" in err
     )
+    # The advice in the CLI's words, not the library's keyword.
+    assert err.rstrip().endswith("; start over without --resume, or remove the checkpoint folder")
+    assert "resume=False" not in err
+
+
+def test_sensitivity_resume_without_a_checkpoint_says_so_on_stderr_even_when_quiet(files, capsys):
+    folder, _ = files
+    out = folder / "mistyped"
+    argv = [
+        "sensitivity",
+        "--params",
+        str(folder / "model.npz"),
+        "--data",
+        str(folder / "data.npy"),
+    ]
+    assert main([*argv, "--out", str(out), "--resume", "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert f"no checkpoint in {out}: starting from the first row" in captured.err
+    assert main([*argv, "--out", str(out), "--resume"]) == 0  # finished: no checkpoint left
+    captured = capsys.readouterr()
+    assert "no checkpoint" not in captured.out
+    assert f"no checkpoint in {out}: starting from the first row" in captured.err
 
 
 def test_sensitivity_drop_nonfinite_reports_the_count(files, capsys):
@@ -292,7 +315,11 @@ def test_sensitivity_failed_or_stopped_run_leaves_no_earlier_results(files, caps
 
     assert main(good) == 0 and results() == sorted(RESULTS)
     assert main([*base, "--data", str(folder / "nan.npy")]) == 2  # no --drop-nonfinite
-    assert "non-finite" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "non-finite" in err
+    # The advice in the CLI's words, not the library's keyword.
+    assert err.rstrip().endswith("; pass --drop-nonfinite to skip such rows")
+    assert "drop_nonfinite=True" not in err
     assert results() == []
     assert main(good) == 0 and results() == sorted(RESULTS)
     assert main([*good, "--max-chunks", "2"]) == 3

@@ -390,10 +390,32 @@ def test_flax_layer_names_that_do_give_an_order(params):
     _assert_same_params(
         from_flax_dense_params(_flax_layout(params, ["layers_0", "layers_2", "layers_4"])), params
     )
-    # No numbers at all: insertion order, as documented.
-    _assert_same_params(
-        from_flax_dense_params(_flax_layout(params, ["hidden", "middle", "out"])), params
-    )
+    # No numbers at all: no order to go by, so layer_order must name it.
+    variables = _flax_layout(params, ["hidden", "middle", "out"])
+    with pytest.raises(ValueError, match=r"found 'hidden', 'middle', 'out', which carry no number"):
+        from_flax_dense_params(variables)
+    converted = from_flax_dense_params(variables, layer_order=["hidden", "middle", "out"])
+    _assert_same_params(converted, params)
+    # One layer needs no order.
+    only = _flax_layout(params[:1], ["proj"])
+    _assert_same_params(from_flax_dense_params(only), params[:1])
+
+
+def test_flax_names_without_numbers_re_sorted_by_a_tree_operation_are_refused():
+    # Dense(3, name="proj") then Dense(3, name="head"): jax.tree and optax operations return the
+    # dict with sorted keys, ['head', 'proj']. The square layers chain either way, so only the
+    # names could tell, and insertion order would silently swap the layers.
+    params = jj.mlp_init(jax.random.key(3), [3, 3, 3], dtype=jnp.float64)
+    applied = _flax_layout(params, ["proj", "head"])
+    re_sorted = {"params": dict(sorted(applied["params"].items()))}
+    assert list(re_sorted["params"]) == ["head", "proj"]
+    with pytest.raises(ValueError) as err:
+        from_flax_dense_params(re_sorted)
+    message = str(err.value)
+    assert message.startswith("Flax layers: expected names that give the layer order")
+    assert "found 'head', 'proj', which carry no number" in message
+    assert "layer_order=[...]" in message
+    _assert_same_params(from_flax_dense_params(re_sorted, layer_order=["proj", "head"]), params)
 
 
 def test_flax_layer_order_names_the_order_of_any_names(params):
@@ -458,6 +480,29 @@ def test_real_flax_linen_module_matches_mlp_apply():
     assert [layer["W"].shape for layer in converted] == [(6, 3), (4, 6), (2, 4)]
     assert_close(
         jj.mlp_apply(converted, xs, "tanh"), Net().apply(variables, xs), exact_rtol(jnp.float64)
+    )
+
+
+def test_real_flax_linen_named_layers_after_an_optax_update_need_layer_order():
+    import flax.linen as flax_nn
+    import optax
+
+    class Net(flax_nn.Module):
+        @flax_nn.compact
+        def __call__(self, x):
+            x = flax_nn.tanh(flax_nn.Dense(3, name="proj", param_dtype=jnp.float64)(x))
+            return flax_nn.Dense(3, name="head", param_dtype=jnp.float64)(x)
+
+    xs = jnp.asarray(np.random.default_rng(3).normal(size=(5, 3)))
+    variables = Net().init(jax.random.key(0), xs[0])
+    zero = jax.tree_util.tree_map(jnp.zeros_like, variables)
+    updated = optax.apply_updates(variables, zero)
+    assert list(updated["params"]) == ["head", "proj"]  # re-sorted: not the order they apply
+    with pytest.raises(ValueError, match="which carry no number"):
+        from_flax_dense_params(updated)
+    converted = from_flax_dense_params(updated, layer_order=["proj", "head"])
+    assert_close(
+        jj.mlp_apply(converted, xs, "tanh"), Net().apply(updated, xs), exact_rtol(jnp.float64)
     )
 
 

@@ -289,10 +289,14 @@ def test_a_checkpoint_made_for_other_inputs_is_refused(tmp_path, tansig_case, ch
         kwargs["hessian"] = True
     else:
         kwargs["fingerprint"] = {"data_size": 2}
-    with pytest.raises(ValueError, match="different inputs"):
+    with pytest.raises(ValueError, match="different inputs") as err:
         sensitivity(
             jj.mlp_apply, params, xs, chunk_size=100, checkpoint=tmp_path, resume=True, **kwargs
         )
+    # Python words: the CLI's --resume is its business.
+    message = str(err.value)
+    assert message.endswith("; start over with resume=False, or remove the checkpoint folder")
+    assert "--" not in message
 
 
 def test_resume_without_a_checkpoint_starts_from_the_first_row(tmp_path, tansig_case):
@@ -317,8 +321,10 @@ def test_a_non_finite_row_is_named_or_dropped_and_counted(tansig_case):
     with pytest.raises(ValueError, match=r"data row 5 \(1-based\).*column 2 \('x2'\) = nan"):
         sensitivity(jj.mlp_apply, params, bad, chunk_size=100)
     named = ["a", "b", "c", "d"]
-    with pytest.raises(ValueError, match=r"column 2 \('b'\) = nan.*--drop-nonfinite"):
+    with pytest.raises(ValueError, match=r"column 2 \('b'\) = nan") as err:
         sensitivity(jj.mlp_apply, params, bad, feature_names=named)
+    assert str(err.value).endswith("; pass drop_nonfinite=True to skip such rows")
+    assert "--" not in str(err.value)  # Python words: the CLI's option is its business
     dropped = sensitivity(jj.mlp_apply, params, bad, chunk_size=100, drop_nonfinite=True)
     clean = sensitivity(jj.mlp_apply, params, np.delete(xs, [4, 250], axis=0))
     assert (dropped.n_dropped, dropped.n_samples) == (2, 598)
@@ -438,6 +444,65 @@ def test_bad_models_and_data_are_refused():
         sensitivity(ishigami, None, np.ones(3))
     with pytest.raises(ValueError, match="real numbers"):
         sensitivity(ishigami, None, np.array([["a", "b", "c"]]))
+
+
+def test_data_of_the_wrong_width_for_an_mlp_names_the_data_shape():
+    params = jj.mlp_init(jax.random.key(0), [3, 4, 2], dtype=jnp.float64)
+    with pytest.raises(ValueError) as err:
+        sensitivity(mlp_function("tanh"), params, np.ones((5, 2)))
+    assert str(err.value) == (
+        "xs must have shape (N, 3) to match W_1 of shape (4, 3); got shape (5, 2)"
+    )
+    with pytest.raises(ValueError, match=r"\(N, 3\).*got shape \(5, 2\)"):  # autodiff alike
+        sensitivity(mlp_function("tanh"), params, np.ones((5, 2)), route="autodiff")
+
+
+def test_a_model_failing_on_a_row_names_the_row_and_data_shapes():
+    def three_inputs(params, x):
+        return x @ jnp.ones((3,), x.dtype)
+
+    with pytest.raises(ValueError) as err:
+        sensitivity(three_inputs, None, np.ones((5, 2)))
+    message = str(err.value)
+    assert message.startswith("f(params, x) failed on a row of shape (2,) of xs of shape (5, 2): ")
+    assert "TypeError" in message and "dot_general" in message  # then the model's own message
+    assert isinstance(err.value.__cause__, TypeError)
+
+
+def test_dtype_casts_the_floating_params_too():
+    # float32 params, float64 data: without the cast they meet in float32 or, with strict
+    # promotion, fail; cast, the run is the one on params cast to float64 by hand.
+    params32 = jj.mlp_init(jax.random.key(4), [3, 6, 2], dtype=jnp.float32)
+    params64 = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), params32)
+    xs = np.random.default_rng(4).normal(size=(40, 3))
+    f = mlp_function("tanh")
+    cast = sensitivity(f, params32, xs, hessian=True, dtype=jnp.float64)
+    by_hand = sensitivity(f, params64, xs, hessian=True)
+    for name in (*ARRAYS, "interactions", "interactions_se"):
+        assert_close(getattr(cast, name), getattr(by_hand, name), 1e-13, what=name)
+
+    # A model computing on its params alone: uncast, w * w would be rounded to float32 (~1e-8),
+    # whatever the promotion rules (standard here, so that the uncast run would get that far).
+    def squared_weights(params, x):
+        return jnp.sin(x @ (params["w"] * params["w"]))
+
+    w32 = {"w": np.array([0.3, -1.7, 2.9], np.float32)}
+    with jax.numpy_dtype_promotion("standard"):
+        cast = sensitivity(squared_weights, w32, xs, hessian=True, dtype=jnp.float64)
+    w64 = {"w": w32["w"].astype(np.float64)}
+    by_hand = sensitivity(squared_weights, w64, xs, hessian=True)
+    for name in (*ARRAYS, "interactions"):
+        assert_close(getattr(cast, name), getattr(by_hand, name), 1e-13, what=name)
+
+    # A non-floating leaf is left alone: an integer index stays one (a float index would fail).
+    def picked_cube(params, x):
+        return x[params["index"]] ** 3 * params["scale"]
+
+    mixed = {"scale": np.float32(2.0), "index": np.int32(1)}
+    report = sensitivity(picked_cube, mixed, xs, dtype=jnp.float64)
+    expected = np.zeros(3)
+    expected[1] = np.mean(6.0 * xs[:, 1] ** 2)
+    assert_close(report.mean[0], expected, 1e-13, what="mean")
 
 
 def test_mlp_function_is_cached_and_recognised():
