@@ -95,6 +95,17 @@ def files(tmp_path, model):
     return tmp_path, xs
 
 
+def _sensitivity_argv(folder):
+    """``jaxjac sensitivity`` on the fixture's model and data, before any option."""
+    return [
+        "sensitivity",
+        "--params",
+        str(folder / "model.npz"),
+        "--data",
+        str(folder / "data.npy"),
+    ]
+
+
 def _assert_png(path):
     import matplotlib.image
 
@@ -170,13 +181,7 @@ def test_sensitivity_summary_names_the_row_of_the_largest_singular_value(files, 
     import jaxjac as jj
 
     folder, xs = files
-    argv = [
-        "sensitivity",
-        "--params",
-        str(folder / "model.npz"),
-        "--data",
-        str(folder / "data.npy"),
-    ]
+    argv = _sensitivity_argv(folder)
     assert main([*argv, "--out", str(folder / "out")]) == 0
     printed = capsys.readouterr().out
     # Independently of the library's routes: autodiff Jacobians, numpy's SVD, numpy's argmax.
@@ -216,13 +221,7 @@ def test_sensitivity_mat_model_npy_data_and_hessian(files, model, capsys):
 
 def test_sensitivity_interrupted_then_resumed_gives_the_same_table(files, capsys):
     folder, _ = files
-    base = [
-        "sensitivity",
-        "--params",
-        str(folder / "model.npz"),
-        "--data",
-        str(folder / "data.npy"),
-    ]
+    base = _sensitivity_argv(folder)
     base += ["--chunk-size", "50", "--quiet", "--hessian"]
     assert main([*base, "--out", str(folder / "full")]) == 0
     assert main([*base, "--out", str(folder / "part"), "--max-chunks", "2"]) == 3
@@ -238,13 +237,7 @@ def test_sensitivity_interrupted_then_resumed_gives_the_same_table(files, capsys
 
 def test_sensitivity_resume_with_changed_data_is_refused(files, capsys):
     folder, xs = files
-    base = [
-        "sensitivity",
-        "--params",
-        str(folder / "model.npz"),
-        "--data",
-        str(folder / "data.npy"),
-    ]
+    base = _sensitivity_argv(folder)
     base += ["--chunk-size", "50", "--quiet", "--out", str(folder / "out")]
     assert main([*base, "--max-chunks", "1"]) == 3
     changed = xs.copy()
@@ -266,13 +259,7 @@ def test_sensitivity_resume_with_changed_data_is_refused(files, capsys):
 def test_sensitivity_resume_without_a_checkpoint_says_so_on_stderr_even_when_quiet(files, capsys):
     folder, _ = files
     out = folder / "mistyped"
-    argv = [
-        "sensitivity",
-        "--params",
-        str(folder / "model.npz"),
-        "--data",
-        str(folder / "data.npy"),
-    ]
+    argv = _sensitivity_argv(folder)
     assert main([*argv, "--out", str(out), "--resume", "--quiet"]) == 0
     captured = capsys.readouterr()
     assert captured.out == ""
@@ -336,13 +323,7 @@ def test_sensitivity_records_the_devices_used(files):
     import jax
 
     folder, _ = files
-    argv = [
-        "sensitivity",
-        "--params",
-        str(folder / "model.npz"),
-        "--data",
-        str(folder / "data.npy"),
-    ]
+    argv = _sensitivity_argv(folder)
     assert main([*argv, "--out", str(folder / "all"), "--quiet"]) == 0
     report = json.loads((folder / "all" / "report.json").read_text())
     assert report["options"]["devices"] == len(jax.local_devices())
@@ -505,13 +486,7 @@ def test_sensitivity_usage_errors_are_one_line(files, capsys, option, message):
 
 def test_sensitivity_negative_bounds_per_feature_as_separate_words(files, capsys):
     folder, _ = files
-    argv = [
-        "sensitivity",
-        "--params",
-        str(folder / "model.npz"),
-        "--data",
-        str(folder / "data.npy"),
-    ]
+    argv = _sensitivity_argv(folder)
     argv += ["--out", str(folder / "out"), "--quiet", "--bounds", "-2:1,-1:1,0:3"]
     assert main(argv) == 0, capsys.readouterr().err
     report = json.loads((folder / "out" / "report.json").read_text())
