@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -9,6 +10,11 @@ import jax
 import jax.numpy as jnp
 
 __all__ = ["map_chunks"]
+
+
+def is_count(value: Any) -> bool:
+    """An integer option's type check: ``int`` or a NumPy integer, not ``bool``."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def map_chunks(fn: Callable[[jax.Array], Any], xs: jax.Array, chunk_size: int | None) -> Any:

@@ -30,7 +30,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from jax.typing import ArrayLike
 
-from jaxjac._chunks import map_chunks
+from jaxjac._chunks import is_count, map_chunks
 
 __all__ = [
     "batch_input_hessian",
@@ -60,7 +60,7 @@ def _check_mode(mode: str) -> None:
 
 
 def _check_chunk_size(chunk_size: int | None) -> None:
-    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+    if chunk_size is not None and (not is_count(chunk_size) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
 
 

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxjac import closed_form
-from jaxjac._chunks import map_chunks
+from jaxjac._chunks import is_count, map_chunks
 from jaxjac.activations import Activation, get_activation
 from jaxjac.derivatives import _split_partial  # derivatives imports this module lazily
 from jaxjac.nets import check_mlp_input, mlp_apply, validate_mlp_params
@@ -303,7 +303,9 @@ def plan(
     # passed for it already. Planned helpers call this on every call; after a long computation
     # each Python operation runs on cold caches (~10-50 us), hence the short path.
     try:
-        key = (task, _fn_key(f), mode, chunk_size, max_memory_bytes, analyse)
+        # The types too: 3.0 == 3 (and True == 1) would find the plan of a valid option.
+        key = (task, _fn_key(f), mode, chunk_size, type(chunk_size), max_memory_bytes)
+        key += (type(max_memory_bytes), analyse)
         key += (_shapes(params), _shapes(xs))
         found = _PLANS.get(key)
     except TypeError:  # something unhashable: plan without caching (the checks say what)
@@ -316,12 +318,12 @@ def plan(
         raise ValueError(
             f"mode must be 'auto', 'fwd', 'rev', 'closed_form' or 'autodiff', got {mode!r}"
         )
-    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+    if chunk_size is not None and (not is_count(chunk_size) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
-    if max_memory_bytes is not None and (
-        not isinstance(max_memory_bytes, int) or max_memory_bytes < 1
-    ):
+    if max_memory_bytes is not None and (not is_count(max_memory_bytes) or max_memory_bytes < 1):
         raise ValueError(f"max_memory_bytes must be a positive integer, got {max_memory_bytes!r}")
+    chunk_size = int(chunk_size) if chunk_size is not None else None
+    max_memory_bytes = int(max_memory_bytes) if max_memory_bytes is not None else None
     if jnp.ndim(xs) < 1:
         raise ValueError(f"xs must have a leading batch axis, got shape {jnp.shape(xs)}")
     xs = jax.ShapeDtypeStruct(*_shape_dtype(xs))

@@ -73,6 +73,7 @@ from jax.sharding import PartitionSpec as P
 from jax.typing import ArrayLike
 
 from jaxjac import closed_form
+from jaxjac._chunks import is_count
 from jaxjac.activations import Activation, get_activation
 from jaxjac.derivatives import _input_hessian, _input_jacobian, _jit_entry
 from jaxjac.nets import mlp_apply, validate_mlp_params
@@ -1048,10 +1049,12 @@ def sensitivity(
     """
     data = _as_data(xs)
     n_rows, n_in = data.shape
-    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+    if chunk_size is not None and (not is_count(chunk_size) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
-    if not isinstance(reservoir_size, int) or reservoir_size < 1:
+    if not is_count(reservoir_size) or reservoir_size < 1:
         raise ValueError(f"reservoir_size must be a positive integer, got {reservoir_size!r}")
+    chunk_size = int(chunk_size) if chunk_size is not None else None  # NumPy ints: JSON, too
+    reservoir_size = int(reservoir_size)
     levels = tuple(float(q) for q in quantiles)
     if not all(0.0 <= q <= 1.0 for q in levels):
         raise ValueError(f"quantiles must lie in [0, 1], got {list(levels)}")

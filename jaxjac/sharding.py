@@ -180,8 +180,17 @@ class _Spec(NamedTuple):
 
 
 def _is_arrays(value: Any) -> bool:
-    leaves = jax.tree_util.tree_leaves(value)
-    return bool(leaves) and all(isinstance(a, (jax.Array, np.ndarray, np.generic)) for a in leaves)
+    """Arrays, or a container of arrays and Python floats (``{"scale": 2.0}`` params).
+
+    A bare Python number stays a static option (``chunk_size=256``).
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(value)
+    arrays = (jax.Array, np.ndarray, np.generic)
+    if treedef.num_leaves == 1 and treedef.num_nodes == 1:  # a bare leaf
+        return isinstance(value, arrays)
+    return bool(leaves) and all(
+        isinstance(a, (*arrays, float, complex)) and not isinstance(a, bool) for a in leaves
+    )
 
 
 def _split_arguments(arguments: Mapping[str, Any]):

@@ -268,6 +268,19 @@ def _():
         assert_close(got, want, RTOL)
 
 
+def _scaled_sin(p, x):
+    return p["scale"] * jnp.sin(x) + p["shift"]
+
+
+@check("params-with-python-floats")
+def _():
+    xs = _xs(13)  # not divisible by the device count either
+    params = {"scale": 2.0, "shift": 0.5}  # Python floats, as the unsharded helper takes them
+    got = sh.sharded(jj.batch_input_jacobian, N_DEVICES)(_scaled_sin, params, xs, chunk_size=1)
+    want = jax.vmap(jax.jacfwd(lambda x: 2.0 * jnp.sin(x) + 0.5))(xs)
+    assert_close(got, want, RTOL)
+
+
 @check("default-mesh-is-every-device")
 def _():
     assert jax.device_count() == N_DEVICES, jax.devices()

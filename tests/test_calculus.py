@@ -172,6 +172,33 @@ def test_singular_point_gives_zero_and_minus_inf_never_nan(f, dtype):
     assert det.dtype == dtype and logabsdet.dtype == dtype
 
 
+def _squares(x):
+    return x**2  # det J = 4 x_1 x_2: singular on the axes, with gradient (4 x_2, 4 x_1)
+
+
+def _total_det(xs, chunk_size):
+    return jc.batch_jacobian_det(_squares, xs, chunk_size=chunk_size).sum()
+
+
+def test_gradient_of_the_determinant_is_finite_at_singular_points():
+    # exp(log|det|) has a NaN derivative where det = 0; det itself is smooth there.
+    xs = jnp.array([[0.0, 1.0], [2.0, 3.0], [0.0, 0.0], [-1.5, 0.0]], F64)
+    want = 4 * xs[:, ::-1]  # ∇(4 x_1 x_2)
+    for x, g in zip(xs, want, strict=True):
+        assert_close(jax.grad(lambda x: jc.jacobian_det(_squares, x))(x), g, exact_rtol(F64))
+    for chunk_size in (None, 3):
+        total = functools.partial(_total_det, chunk_size=chunk_size)
+        got = jax.grad(total)
+        assert_close(got(xs), want, exact_rtol(F64), what=f"batched, chunk_size={chunk_size}")
+    # the MLP's closed-form route, against jnp.linalg.det of jacfwd (regular points)
+    params = mlp_init(jax.random.key(0), [3, 5, 3], dtype=F64)
+    net = functools.partial(mlp_apply, params)
+    pts = jax.random.normal(jax.random.key(1), (4, 3), F64)
+    ref = jax.grad(lambda v: jax.vmap(lambda x: jnp.linalg.det(jax.jacfwd(net)(x)))(v).sum())
+    got = jax.grad(lambda v: jc.batch_jacobian_det(net, v).sum())
+    assert_close(got(pts), ref(pts), exact_rtol(F64), what="closed-form route")
+
+
 def test_batched_det_mixes_singular_and_regular_points():
     xs = jnp.array([[1.0, 2.0, -0.5], [0.0, 1.0, 1.0], [1.5, -0.5, 2.0], [1.0, 0.0, 0.0]])
     dets = jc.batch_jacobian_det(cube, xs, chunk_size=3)

@@ -231,6 +231,30 @@ def test_a_list_input_is_an_array_and_an_integer_input_is_refused(net):
             helper(jj.mlp_function("tanh"), params, jnp.ones((3, 4), jnp.int32))
 
 
+def test_numpy_integers_are_integer_options_and_bools_are_not(net):
+    params, xs = net
+    f = jj.mlp_function("tanh")
+    want = jj.batch_input_jacobian(f, params, xs, chunk_size=3)
+    got = jj.batch_input_jacobian(f, params, xs, chunk_size=np.int64(3))
+    assert_close(got, want, 0.0)
+    hess = jj.batch_input_hessian(f, params, xs, max_memory_bytes=np.int64(2**20))
+    assert_close(hess, jj.batch_input_hessian(f, params, xs), exact_rtol(F64))
+    net_of_x = functools.partial(jj.mlp_apply, params, activation="tanh")
+    lap = jj.batch_laplacian(net_of_x, xs, chunk_size=np.int32(2))
+    assert_close(lap, jj.closed_form.mlp_laplacian(params, xs, "tanh"), exact_rtol(F64))
+    key = jax.random.key(0)
+    assert_close(
+        jj.hutchinson_laplacian(net_of_x, xs[0], key, num_probes=np.int64(6)).estimate,
+        jj.hutchinson_laplacian(net_of_x, xs[0], key, num_probes=6).estimate,
+        0.0,
+    )
+    for bad in (True, 3.0):
+        with pytest.raises(
+            ValueError, match=f"chunk_size must be a positive integer or None, got {bad}"
+        ):
+            jj.batch_input_jacobian(f, params, xs, chunk_size=bad)
+
+
 def test_float32_batched_jacobian_within_dtype_tolerance(net):
     params, xs = net
     p32 = jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), params)
