@@ -16,9 +16,11 @@ and ``"exact"`` routes meant for small models and as cross-checks.
   ``loss_kind``  ``ℓ_b(z)``, ``y`` of shape              output-space Hessian ``∂²ℓ_b/∂z²``
   ============== ======================================= ===================================
   ``"mse"``      ``½ ‖z − y_b‖²``, ``(B, n_out)``         ``I``
+                 (integer ``y`` is cast, not one-hot)
   ``"cross_      ``−Σ_k t_k log softmax(z)_k``, integer  ``diag(p) − p pᵀ``,
   entropy"``     labels ``(B,)`` or targets ``t``         ``p = softmax(z)`` (targets summing
-                 ``(B, n_out)``                           to one)
+                 ``(B, n_out)``; a label outside         to one)
+                 ``[0, n_out)`` makes ``ℓ_b`` NaN
   ============== ======================================= ===================================
 
   so ``L = (1/B) Σ_b ℓ_b`` (:func:`supervised_loss` builds it) and, with the per-example output
@@ -55,8 +57,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import itertools
 import math
+import numbers
+import operator
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
@@ -68,7 +73,7 @@ from jax.typing import ArrayLike
 from jaxjac._chunks import map_chunks
 from jaxjac.activations import Activation, get_activation
 from jaxjac.closed_form import _forward
-from jaxjac.derivatives import _batch_weight_jacobian
+from jaxjac.derivatives import _batch_weight_jacobian, _jit_entry, _split_partial
 from jaxjac.nets import MLPParams, check_mlp_input
 
 __all__ = [
@@ -155,8 +160,42 @@ class SpectralDensity(NamedTuple):
 
 
 def _entry(*static: str) -> Callable[[Callable], Callable]:
-    """Jit a public entry once per (callable, static options, shapes): those are static."""
-    return functools.partial(jax.jit, static_argnames=static)
+    """Jit a public entry once per (callable, static options, shapes), via ``_jit_entry``.
+
+    The first parameter (the loss or network) is static; a ``functools.partial`` binding arrays
+    is compiled once per underlying function with those arrays traced (see
+    :func:`jaxjac.derivatives._jit_entry`). Arguments are bound to ``fn``'s signature (defaults
+    applied) and passed by keyword, so static options are static wherever they stand.
+    """
+
+    def wrap(fn: Callable) -> Callable:
+        sig = inspect.signature(fn)
+        first = next(iter(sig.parameters))
+
+        def body(f, **kwargs):
+            return fn(f, **kwargs)
+
+        jitted = _jit_entry(*static)(body)
+
+        def bind(args, kwargs):
+            bound = sig.bind(*args, **kwargs)
+            bound.apply_defaults()
+            arguments = dict(bound.arguments)
+            return arguments.pop(first), arguments
+
+        @functools.wraps(fn)
+        def entry(*args, **kwargs):
+            f, rest = bind(args, kwargs)
+            return jitted(f, **rest)
+
+        def lower(*args, **kwargs):  # inspect the compiled program: entry.lower(...).compile()
+            f, rest = bind(args, kwargs)
+            return jitted.lower(f, **rest)
+
+        entry.lower = lower
+        return entry
+
+    return wrap
 
 
 # --- supervised losses and their output-space Hessians ----------------------------------------
@@ -167,35 +206,55 @@ def _check_kind(loss_kind: str) -> None:
         raise ValueError(f"loss_kind must be one of {_LOSS_KINDS}, got {loss_kind!r}")
 
 
+def _check_vector(shape: tuple[int, ...]) -> None:
+    if len(shape) != 1:
+        raise ValueError(
+            f"f(params, x) must return a vector (n_out,) per example, got shape {shape}"
+        )
+
+
 def _outputs(f: Fn, params: Any, x: jax.Array) -> jax.Array:
     """Network outputs over the batch, ``(B, n_out)``."""
     out = jax.vmap(f, in_axes=(None, 0))(params, x)
-    if out.ndim != 2:
-        raise ValueError(
-            f"f(params, x) must return a vector (n_out,) per example, got shape {out.shape[1:]}"
-        )
+    _check_vector(out.shape[1:])
     return out
 
 
-def _targets(y: jax.Array, out: jax.Array) -> jax.Array:
+def _targets(loss_kind: str, y: jax.Array, out: jax.Array) -> tuple[jax.Array, jax.Array | None]:
+    """Targets of the outputs' shape and dtype, and for integer labels their validity ``(B,)``.
+
+    Integer labels (cross-entropy only) must have shape ``(B,)``; a label outside
+    ``[0, n_out)`` is marked invalid (its loss is made NaN, never silently zero). For ``"mse"``
+    integer targets are numbers, cast to the outputs' dtype.
+    """
     y = jnp.asarray(y)
-    if jnp.issubdtype(y.dtype, jnp.integer):
+    if loss_kind == "cross_entropy" and jnp.issubdtype(y.dtype, jnp.integer):
         if y.shape != out.shape[:1]:
-            raise ValueError(f"integer labels must have shape {out.shape[:1]}, got {y.shape}")
-        return jax.nn.one_hot(y, out.shape[-1], dtype=out.dtype)
+            raise ValueError(
+                f"integer labels must have shape (B,) = {out.shape[:1]} for outputs of shape "
+                f"{out.shape}, got {y.shape}"
+            )
+        n_out = out.shape[-1]
+        return jax.nn.one_hot(y, n_out, dtype=out.dtype), (y >= 0) & (y < n_out)
     if y.shape != out.shape:
         raise ValueError(f"targets must have the outputs' shape {out.shape}, got {y.shape}")
-    return y
+    if jnp.issubdtype(y.dtype, jnp.integer) or jnp.issubdtype(y.dtype, jnp.bool_):
+        y = y.astype(out.dtype)
+    return y, None
 
 
 def _example_losses(loss_kind: str, out: jax.Array, y: jax.Array) -> jax.Array:
-    """Per-example losses ``ℓ_b``, ``(B,)``."""
+    """Per-example losses ``ℓ_b``, ``(B,)``; NaN for integer labels outside ``[0, n_out)``."""
     _check_kind(loss_kind)
+    targets, valid = _targets(loss_kind, y, out)
     if loss_kind == "mse":
-        residual = out - _targets(y, out)
+        residual = out - targets
         return 0.5 * jnp.sum(residual * residual, axis=-1)
     # log_softmax subtracts the max before exponentiating: no overflow for large logits.
-    return -jnp.sum(_targets(y, out) * jax.nn.log_softmax(out, axis=-1), axis=-1)
+    losses = -jnp.sum(targets * jax.nn.log_softmax(out, axis=-1), axis=-1)
+    if valid is not None:
+        losses = jnp.where(valid, losses, jnp.nan)
+    return losses
 
 
 def _output_hessian_vp(loss_kind: str, out: jax.Array, u: jax.Array) -> jax.Array:
@@ -216,12 +275,24 @@ class _SupervisedLoss:
         return jnp.mean(_example_losses(self.loss_kind, _outputs(self.f, params, x), y))
 
 
+def _bound_supervised_loss(bound: tuple, params: Any, batch: Any, *, head, loss_kind):
+    f = functools.partial(head.func, *bound, **dict(head.keywords))
+    return _SupervisedLoss(f, loss_kind)(params, batch)
+
+
 def supervised_loss(f: Fn, loss_kind: LossKind) -> Loss:
     """The batch-mean loss ``L(params, (x, y)) = (1/B) Σ_b ℓ_b`` of the module conventions.
 
     Its Hessian is the one whose Gauss-Newton part :func:`ggn_vp` multiplies by. The returned
     callable is hashable and compares equal for equal ``(f, loss_kind)``, so jitted entry points
-    do not recompile for a fresh but equal loss.
+    do not recompile for a fresh but equal loss. When ``f`` is a ``functools.partial`` binding
+    arrays positionally (``partial(net, w)``), the loss is itself a ``functools.partial`` with
+    those arrays bound, which the entry points trace as arguments: losses of fresh partials of
+    the same function and options, binding arrays of the same shapes, share one compilation.
+
+    For ``"cross_entropy"``, an integer label outside ``[0, n_out)`` gives that example a NaN
+    loss (and so a NaN mean), so a bad label is never silently dropped. For ``"mse"``, integer
+    targets are numbers of shape ``(B, n_out)``, cast to the outputs' dtype (never one-hot).
 
     Args:
         f: network ``f(params, x) -> (n_out,)`` for one example.
@@ -232,6 +303,10 @@ def supervised_loss(f: Fn, loss_kind: LossKind) -> Loss:
         the module table.
     """
     _check_kind(loss_kind)
+    split = _split_partial(f)
+    if split is not None and jax.tree_util.tree_leaves(split[1]):
+        head, bound = split
+        return functools.partial(_bound_supervised_loss, bound, head=head, loss_kind=loss_kind)
     return _SupervisedLoss(f, loss_kind)
 
 
@@ -248,7 +323,7 @@ def _hvp_operator(loss: Loss, params: Any, batch: Any) -> Callable[[Any], Any]:
 def _ggn_operator(f: Fn, loss_kind: str, params: Any, x: jax.Array, y: jax.Array):
     _check_kind(loss_kind)
     out, jvp_fn = jax.linearize(lambda p: _outputs(f, p, x), params)
-    _targets(y, out)  # shape check only: the GGN does not depend on y
+    _targets(loss_kind, y, out)  # shape check only: the GGN does not depend on y
     vjp_fn = jax.linear_transpose(jvp_fn, params)
     n = out.shape[0]
     return lambda v: vjp_fn(_output_hessian_vp(loss_kind, out, jvp_fn(v)) / n)[0]
@@ -281,11 +356,13 @@ def _map(fn: Callable, xs: jax.Array, chunk_size: int | None) -> Any:
     return map_chunks(jax.vmap(fn), xs, chunk_size)
 
 
-def _check_positive(name: str, value: int | None, *, allow_none: bool = False) -> None:
+def _positive_int(name: str, value: Any, *, allow_none: bool = False) -> int | None:
+    """``value`` as a Python int if it is a positive integer (NumPy's included, bool not)."""
     if value is None and allow_none:
-        return
-    if not isinstance(value, int) or value < 1:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return operator.index(value)
 
 
 def _need_key(key: jax.Array | None, method: str) -> None:
@@ -296,7 +373,7 @@ def _need_key(key: jax.Array | None, method: str) -> None:
 # --- public products ---------------------------------------------------------------------------
 
 
-@_entry("loss")
+@_entry()
 def hvp(loss: Loss, params: Any, batch: Any, v: Any) -> Any:
     """Hessian-vector product ``H v`` of ``loss(params, batch)`` (forward-over-reverse).
 
@@ -312,7 +389,7 @@ def hvp(loss: Loss, params: Any, batch: Any, v: Any) -> Any:
     return _hvp_operator(loss, params, batch)(v)
 
 
-@_entry("f", "loss_kind")
+@_entry("loss_kind")
 def ggn_vp(f: Fn, loss_kind: LossKind, params: Any, x: ArrayLike, y: ArrayLike, v: Any) -> Any:
     """Gauss-Newton-vector product ``G v = (1/B) Σ_b J_bᵀ (∂²ℓ_b/∂z²) J_b v``.
 
@@ -335,7 +412,7 @@ def ggn_vp(f: Fn, loss_kind: LossKind, params: Any, x: ArrayLike, y: ArrayLike, 
     return _ggn_operator(f, loss_kind, params, jnp.asarray(x), jnp.asarray(y))(v)
 
 
-@_entry("f", "loss_kind")
+@_entry("loss_kind")
 def empirical_fisher_vp(
     f: Fn, loss_kind: LossKind, params: Any, x: ArrayLike, y: ArrayLike, v: Any
 ) -> Any:
@@ -408,7 +485,7 @@ def _hutchinson_diag(matvec, flat, key, num_samples, chunk_size):
     return _moments(sample, jax.random.split(key, num_samples), chunk_size)
 
 
-@_entry("loss", "method", "num_samples", "chunk_size")
+@_entry("method", "num_samples", "chunk_size")
 def hessian_diag(
     loss: Loss,
     params: Any,
@@ -436,13 +513,14 @@ def hessian_diag(
     Returns:
         :class:`HessianDiag` of pytrees shaped like ``params``.
     """
-    _check_positive("chunk_size", chunk_size, allow_none=True)
+    chunk_size = _positive_int("chunk_size", chunk_size, allow_none=True)
     flat, unravel, matvec = _flat(_hvp_operator(loss, params, batch), params)
     if method == "exact":
         diag = _exact_diag(matvec, flat, chunk_size)
         return HessianDiag(unravel(diag), unravel(jnp.zeros_like(diag)))
     if method == "hutchinson":
         _need_key(key, method)
+        num_samples = _positive_int("num_samples", num_samples)
         if num_samples < 2:
             raise ValueError(f"num_samples must be at least 2, got {num_samples}")
         mean, stderr = _hutchinson_diag(matvec, flat, key, num_samples, chunk_size)
@@ -481,7 +559,7 @@ def _hutchpp_trace(matvec, flat, key, num_matvecs, chunk_size):
     return head + mean, stderr
 
 
-@_entry("loss", "method", "num_samples", "chunk_size")
+@_entry("method", "num_samples", "chunk_size")
 def hessian_trace(
     loss: Loss,
     params: Any,
@@ -501,7 +579,11 @@ def hessian_trace(
         key: PRNG key, needed by the randomised methods.
         method: ``"exact"`` (sum of the exact diagonal, ``P`` products), ``"hutchinson"``
             (mean of ``zᵀHz`` over Rademacher ``z``) or ``"hutch++"`` (variance-reduced: a third
-            of the budget sketches the top subspace, whose trace is taken exactly).
+            of the budget sketches the top subspace, whose trace is taken exactly). Hutch++'s
+            ``stderr`` covers only the residual Hutchinson term *given the sketch*: the
+            sketch's own randomness is ignored, so it understates the spread of the estimate
+            over keys, most at small ``num_samples`` (at 12 samples, z-scores over many keys
+            had a standard deviation of about 2 instead of 1).
         num_samples: total Hessian-vector products for the randomised methods (Hutchinson: at
             least 2; Hutch++: at least 4, split ``k = ⌊S/3⌋`` sketch, ``k`` exact, ``S − 2k``
             Hutchinson probes).
@@ -510,7 +592,7 @@ def hessian_trace(
     Returns:
         :class:`HessianTrace` (scalars).
     """
-    _check_positive("chunk_size", chunk_size, allow_none=True)
+    chunk_size = _positive_int("chunk_size", chunk_size, allow_none=True)
     flat, _, matvec = _flat(_hvp_operator(loss, params, batch), params)
     if method == "exact":
         est = jnp.sum(_exact_diag(matvec, flat, chunk_size))
@@ -518,6 +600,7 @@ def hessian_trace(
     if method not in ("hutchinson", "hutch++"):
         raise ValueError(f"method must be 'exact', 'hutchinson' or 'hutch++', got {method!r}")
     _need_key(key, method)
+    num_samples = _positive_int("num_samples", num_samples)
     if num_samples < (2 if method == "hutchinson" else 4):
         raise ValueError(f"num_samples={num_samples} is too few for {method!r}")
     if method == "hutchinson":
@@ -593,8 +676,8 @@ def _lanczos_top(matvec, flat, key, k, num_iters):
 
 
 def _num_iters(num_iters: int, k: int, size: int) -> int:
-    _check_positive("k", k)
-    _check_positive("num_iters", num_iters)
+    k = _positive_int("k", k)
+    num_iters = _positive_int("num_iters", num_iters)
     if k > size:
         raise ValueError(f"k={k} exceeds the parameter count {size}")
     if num_iters < k:
@@ -609,7 +692,7 @@ def _top_eigenvalue(loss, params, batch, key, num_iters):
     return theta[0]
 
 
-@_entry("loss", "k", "method", "num_iters")
+@_entry("k", "method", "num_iters")
 def hessian_eigs(
     loss: Loss,
     params: Any,
@@ -638,6 +721,7 @@ def hessian_eigs(
     Returns:
         :class:`HessianEigs`, eigenvalues descending.
     """
+    k = _positive_int("k", k)
     flat, unravel, matvec = _flat(_hvp_operator(loss, params, batch), params)
     if method == "lanczos":
         _need_key(key, method)
@@ -659,7 +743,7 @@ def _ritz_dense(hess: jax.Array) -> tuple[jax.Array, jax.Array]:
     return theta[::-1], y[:, ::-1]
 
 
-@_entry("loss", "num_iters")
+@_entry("num_iters")
 def sharpness(
     loss: Loss, params: Any, batch: Any, key: jax.Array, *, num_iters: int = 20
 ) -> jax.Array:
@@ -682,7 +766,6 @@ def sharpness(
     return _top_eigenvalue(loss, params, batch, key, num_iters)
 
 
-@_entry("loss", "num_probes", "num_iters")
 def spectral_density(
     loss: Loss,
     params: Any,
@@ -713,8 +796,24 @@ def spectral_density(
 
     Returns:
         :class:`SpectralDensity`.
+
+    Raises:
+        ValueError: if ``sigma`` is not positive (checked when it is a concrete number).
     """
-    _check_positive("num_probes", num_probes)
+    try:
+        value = float(sigma)
+    except (TypeError, jax.errors.ConcretizationTypeError):
+        value = None  # traced, or not a scalar: left to the computation
+    if value is not None and not value > 0:
+        raise ValueError(f"sigma must be positive, got {sigma!r}")
+    return _spectral_density(
+        loss, params, batch, key, grid, sigma=sigma, num_probes=num_probes, num_iters=num_iters
+    )
+
+
+@_entry("num_probes", "num_iters")
+def _spectral_density(loss, params, batch, key, grid, *, sigma, num_probes, num_iters):
+    num_probes = _positive_int("num_probes", num_probes)
     flat, _, matvec = _flat(_hvp_operator(loss, params, batch), params)
     m = _num_iters(num_iters, 1, flat.size)
 
@@ -785,7 +884,7 @@ def _ntk_ntvp(f, params, x1, x2, chunk_size):
     return cols.reshape(n2, n_out, *cols.shape[1:]).transpose(2, 0, 3, 1)
 
 
-@_entry("f", "method", "chunk_size")
+@_entry("method", "chunk_size")
 def ntk(
     f: Fn,
     params: Any,
@@ -819,16 +918,18 @@ def ntk(
         output index of ``x1``'s example, then that of ``x2``'s. For ``x2 = x1`` the
         ``(N1 n_out) × (N1 n_out)`` matrix ``Θ.transpose(0, 2, 1, 3)`` is symmetric PSD.
     """
-    _check_positive("chunk_size", chunk_size, allow_none=True)
+    chunk_size = _positive_int("chunk_size", chunk_size, allow_none=True)
     x1 = jnp.asarray(x1)
     if method == "jacobian":
+        # The Jacobian route never looks at the outputs' shape: check it on one example.
+        _check_vector(jax.eval_shape(f, params, x1[0]).shape)
         return _ntk_jacobian(f, params, x1, None if x2 is None else jnp.asarray(x2), chunk_size)
     if method == "ntvp":
         return _ntk_ntvp(f, params, x1, x1 if x2 is None else jnp.asarray(x2), chunk_size)
     raise ValueError(f"method must be 'jacobian' or 'ntvp', got {method!r}")
 
 
-@_entry("f")
+@_entry()
 def ntk_vp(f: Fn, params: Any, x1: ArrayLike, x2: ArrayLike, v: ArrayLike) -> jax.Array:
     """NTK-vector product ``Σ_{b,j} Θ[a, b, i, j] v[b, j] = J1 (J2ᵀ v)``, matrix-free.
 
@@ -916,34 +1017,42 @@ def ntk_memory(
     sizes: list[int] | None = None,
     chunk_size: int | None = None,
     itemsize: int = 8,
+    n_leaves: int | None = None,
 ) -> int:
     r"""Bytes each NTK route holds beyond its arguments: XLA's temporaries plus the output Θ.
 
-    An upper bound on the peak, counted from what each route must keep alive at once (as
+    An upper bound on the peak, counted from what each route may keep alive at once (as
     XLA's CPU buffer assignment lays it out); the scheduler often does better, e.g. by
     contracting one parameter leaf's Jacobian before forming the next, so the measured peak
     lies between about a third of this and this. With ``c`` the chunk (``"jacobian"``:
     examples of ``x1`` at a time, ``min(chunk_size, N1)``; ``"ntvp"``: products at once,
     ``min(chunk_size, N2 n_out)``; ``None``: all), ``P`` the parameter count, ``K = N1 N2 n_out²``
-    the kernel and, for a network with layer sizes ``[n_in, h_1, …, n_out]``,
-    ``H = Σ_l out_l`` (every layer's outputs) and ``h = Σ h_l`` (hidden widths only):
+    the kernel, ``K_c = c N2 n_out²`` one chunk's block of it, ``Λ`` the number of parameter
+    arrays (pytree leaves), ``L`` the number of layers and, for a network with layer sizes
+    ``[n_in, h_1, …, n_out]``, ``H = Σ_l out_l`` (every layer's outputs) and ``h = Σ h_l``
+    (hidden widths only):
 
     ==============  ====================================================================
     ``method``      elements held at the peak
     ==============  ====================================================================
     ``"jacobian"``  ``(N2 + c) n_out P``: ``x2``'s Jacobians whole and one chunk of
-                    ``x1``'s, contracted leaf by leaf (never concatenated); ``+ K``.
+                    ``x1``'s, contracted leaf by leaf (never concatenated); ``+ Λ K_c``
+                    (the per-leaf blocks, which XLA may hold all at once before summing)
+                    ``+ 2K`` (Θ and the copy the chunk loop writes into).
                     Activations: ``(c2 + c)(n_out H + 2h)``, the ``n_out`` reverse
                     sweeps' cotangents and the stored activations and derivatives of the
                     examples being differentiated (``c2 = min(chunk_size, N2)``).
     ``"ntvp"``      ``(2c + 1) P``: the ``c`` VJPs' parameter cotangents, a second copy of
                     them in the layout the JVP's contractions read, and one transposed
                     copy of the weights; ``+ c (N1 + N2) n_out`` (unit cotangents and JVP
-                    outputs) ``+ K``. Activations: ``(N1 + N2)(c H + 2h)``, the per-product
+                    outputs) ``+ 2K`` (the products' columns and their transpose, Θ).
+                    Activations: ``(N1 + N2)(c H + 2h)``, the per-product
                     tangents and cotangents and the two linearisations' residuals.
     ``"mlp"``       ``(N1 + N2)(Σ_l (2 n_out out_l + in_l) + h)``: the adjoints ``G_l``
                     and a transposed copy for the contraction, the layer inputs and the
-                    activation derivatives; ``+ 2K`` (Θ and one layer's term). No ``P``.
+                    activation derivatives; ``+ (2L + 1) K`` (Θ, and each layer's term
+                    and its product with the inputs' Gram matrix, which XLA may hold for all
+                    layers at once). No ``P``.
     ==============  ====================================================================
 
     The activation terms are added when ``sizes`` is given (they need the widths); without
@@ -962,6 +1071,8 @@ def ntk_memory(
         n_params: ``P``, needed by ``"jacobian"`` and ``"ntvp"``.
         sizes: MLP layer sizes ``[n_in, h_1, …, n_out]``: needed by ``"mlp"``; for the other
             routes, adds the activation terms.
+        n_leaves: ``Λ``, the parameter arrays (``"jacobian"``); ``None``: two per layer
+            (weights and biases) when ``sizes`` is given, else one.
         chunk_size: the ``chunk_size`` passed to :func:`ntk` (``None``: all at once).
         itemsize: bytes per element (8 for float64).
 
@@ -981,11 +1092,15 @@ def ntk_memory(
 
     if method == "jacobian":
         c1, c2 = chunk(n1), chunk(n2)
+        if n_leaves is None:
+            n_leaves = 1 if sizes is None else 2 * (len(sizes) - 1)
         acts = (c1 + c2) * (n_out * outs + 2 * hidden)
-        return itemsize * ((n2 + c1) * n_out * n_params + kernel + acts)
+        blocks = n_leaves * c1 * n2 * n_out * n_out
+        return itemsize * ((n2 + c1) * n_out * n_params + blocks + 2 * kernel + acts)
     if method == "ntvp":
         c = chunk(n2 * n_out)
         acts = (n1 + n2) * (c * outs + 2 * hidden)
-        return itemsize * ((2 * c + 1) * n_params + c * (n1 + n2) * n_out + kernel + acts)
+        return itemsize * ((2 * c + 1) * n_params + c * (n1 + n2) * n_out + 2 * kernel + acts)
     layers = sum(2 * n_out * o + i for i, o in itertools.pairwise(sizes))
-    return itemsize * ((n1 + n2) * (layers + hidden) + 2 * kernel)
+    n_layers = len(sizes) - 1
+    return itemsize * ((n1 + n2) * (layers + hidden) + (2 * n_layers + 1) * kernel)

@@ -34,6 +34,7 @@ from jaxjac.curvature import (
     _fisher_operator,
     _flat,
     _ggn_operator,
+    _positive_int,
     _top_eigenvalue,
 )
 
@@ -121,6 +122,20 @@ def _require(params: Any, batch: Any, who: str) -> None:
         raise ValueError(f"{who}.update needs params and the batch: update(g, s, params, batch=…)")
 
 
+def _describe(batch: Any) -> str:
+    if hasattr(batch, "shape") and hasattr(batch, "dtype"):
+        return f"an array of shape {tuple(batch.shape)}"
+    if isinstance(batch, (tuple, list)):
+        return f"a {type(batch).__name__} of length {len(batch)}"
+    return f"a {type(batch).__name__}"
+
+
+def _inputs_and_targets(batch: Any, who: str) -> tuple[Any, Any]:
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        raise ValueError(f"{who}.update needs batch=(x, y), a pair, got {_describe(batch)}")
+    return batch[0], batch[1]
+
+
 def scale_by_gauss_newton(
     f: Fn,
     loss_kind: LossKind,
@@ -156,8 +171,7 @@ def scale_by_gauss_newton(
         raise ValueError(f"curvature must be one of {_CURVATURES}, got {curvature!r}")
     if not damping > 0:
         raise ValueError(f"damping must be positive, got {damping!r}")
-    if not isinstance(cg_iters, int) or cg_iters < 1:
-        raise ValueError(f"cg_iters must be a positive integer, got {cg_iters!r}")
+    cg_iters = _positive_int("cg_iters", cg_iters)
     make_operator = _ggn_operator if curvature == "ggn" else _fisher_operator
 
     def init_fn(params):
@@ -166,7 +180,7 @@ def scale_by_gauss_newton(
     def update_fn(updates, state, params=None, *, batch=None, **extra_args):
         del extra_args
         _require(params, batch, "scale_by_gauss_newton")
-        x, y = batch
+        x, y = _inputs_and_targets(batch, "scale_by_gauss_newton")
         operator = make_operator(f, loss_kind, params, jnp.asarray(x), jnp.asarray(y))
         _, _, matvec = _flat(operator, params)
         g, unravel = ravel_pytree(updates)
@@ -229,8 +243,8 @@ def track_sharpness(
         A transformation with state :class:`SharpnessState`; call
         ``update(updates, state, params, batch=batch)``.
     """
-    if not isinstance(every, int) or every < 1:
-        raise ValueError(f"every must be a positive integer, got {every!r}")
+    every = _positive_int("every", every)
+    num_iters = _positive_int("num_iters", num_iters)
 
     def init_fn(params):
         return SharpnessState(

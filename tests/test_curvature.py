@@ -389,7 +389,14 @@ def _compiled_bytes(compiled) -> int:
 
 # (sizes, N1, N2): layers much wider than the batch, where the P terms dominate; and a
 # deeper, narrower one where the activation terms and XLA's overlap of buffers matter more.
-MEMORY_CASES = [([10, 200, 200, 3], 5, 8), ([4, 64, 64, 64, 2], 6, 4)]
+# The last two are kernel-dominated (K = N1 N2 n_out² well above P): there XLA holds one
+# kernel-sized term per parameter leaf (jacobian) or per layer (mlp) at once.
+MEMORY_CASES = [
+    ([10, 200, 200, 3], 5, 8),
+    ([4, 64, 64, 64, 2], 6, 4),
+    ([4, 16, 16, 16, 2], 400, 400),
+    ([5, 16, 3], 150, 100),
+]
 
 
 @pytest.mark.skipif(
@@ -429,10 +436,15 @@ def test_ntk_memory_orders_the_routes():
     sizes = [784, 3000, 3000, 10]
     small = cv.ntk_memory("mlp", sizes=sizes, **wide)
     assert small < cv.ntk_memory("ntvp", chunk_size=1, **wide) < cv.ntk_memory("jacobian", **wide)
-    # Without the widths the autodiff routes count only their P and kernel terms.
+    # Without the widths the autodiff routes count only their P and kernel terms: Θ, a copy,
+    # and (jacobian) one block per leaf, one leaf unless told (K_c = K unchunked).
     k = 8 * 8 * 10 * 10
-    assert cv.ntk_memory("jacobian", **wide) == 8 * (16 * 10 * 10**7 + k)
-    assert cv.ntk_memory("ntvp", chunk_size=1, **wide) == 8 * (3 * 10**7 + 16 * 10 + k)
+    assert cv.ntk_memory("jacobian", **wide) == 8 * (16 * 10 * 10**7 + 3 * k)
+    assert cv.ntk_memory("jacobian", n_leaves=4, **wide) == 8 * (16 * 10 * 10**7 + 6 * k)
+    assert cv.ntk_memory("jacobian", chunk_size=2, n_leaves=4, **wide) == 8 * (
+        10 * 10 * 10**7 + 4 * (2 * 8 * 10 * 10) + 2 * k
+    )
+    assert cv.ntk_memory("ntvp", chunk_size=1, **wide) == 8 * (3 * 10**7 + 16 * 10 + 2 * k)
     with pytest.raises(ValueError, match="sizes"):
         cv.ntk_memory("mlp", **wide)
     with pytest.raises(ValueError, match="method"):
@@ -467,3 +479,140 @@ def test_errors_name_the_problem():
         cv.ggn_vp(lambda p, xb: jnp.sum(F(p, xb)), "mse", params, x, y, params)
     with pytest.raises(ValueError, match="batched"):
         cv.mlp_ntk(params, x[0], None, "tanh")
+
+
+def test_ntk_jacobian_route_rejects_non_vector_outputs():
+    params = {"w": jnp.ones((6, 2), F64)}
+    x = jnp.ones((3, 2, 3), F64)
+    scalar_net = lambda p, xb: jnp.sum(p["w"] @ xb)  # noqa: E731
+    for method in ("jacobian", "ntvp"):
+        with pytest.raises(ValueError, match=r"must return a vector \(n_out,\)"):
+            cv.ntk(scalar_net, params, x, method=method)
+
+
+class _Traces:
+    """Counts traces: hashed by identity, so it can be a partial's keyword (static)."""
+
+    def __init__(self):
+        self.n = 0
+
+
+def _counted_net(scale, params, x, *, traces):
+    traces.n += 1  # a Python side effect: runs once per trace, not per call
+    return scale * F(params, x)
+
+
+def test_entry_points_compile_once_for_partials_binding_arrays():
+    params, x, y = _problem("mse")
+    v = jax.tree_util.tree_map(jnp.ones_like, params)
+    scales = [jnp.asarray(s, F64) for s in (1.0, 2.0, 3.0, 4.0)]
+    calls = {
+        "ggn_vp": lambda f: cv.ggn_vp(f, "mse", params, x, y, v),
+        "ntk": lambda f: cv.ntk(f, params, x),
+        "ntk_ntvp": lambda f: cv.ntk(f, params, x, method="ntvp", chunk_size=3),
+        "hvp": lambda f: cv.hvp(cv.supervised_loss(f, "mse"), params, (x, y), v),
+        "trace": lambda f: cv.hessian_trace(
+            cv.supervised_loss(f, "mse"), params, (x, y), jax.random.key(0), num_samples=4
+        ),
+    }
+    for name, call in calls.items():
+        traces = _Traces()
+        results = []
+        for i, scale in enumerate(scales):
+            results.append(call(functools.partial(_counted_net, scale, traces=traces)))
+            if i == 0:
+                first = traces.n
+        assert first > 0 and traces.n == first, (name, first, traces.n)
+        # The bound arrays are arguments, not constants of the first compilation: a network
+        # scaled by s has s times the outputs, s² times the NTK and the GGN.
+        power = {"hvp": None, "trace": None}.get(name, 2)
+        if power is not None:
+            for scale, res in zip(scales, results, strict=True):
+                assert_close(_flat(res), float(scale) ** power * _flat(results[0]), RTOL, what=name)
+
+
+def test_hvp_compiles_once_for_partial_losses():
+    params, x, y = _problem("mse")
+    counter = []
+
+    def loss(scale, p, batch):
+        counter.append(None)
+        return scale * cv.supervised_loss(F, "mse")(p, batch)
+
+    v = jax.tree_util.tree_map(jnp.ones_like, params)
+    out = [cv.hvp(functools.partial(loss, jnp.asarray(s, F64)), params, (x, y), v) for s in (1, 3)]
+    first = len(counter)
+    for s in (5.0, 7.0):
+        cv.hvp(functools.partial(loss, jnp.asarray(s, F64)), params, (x, y), v)
+    assert first >= 1 and len(counter) == first
+    assert_close(_flat(out[1]), 3 * _flat(out[0]), RTOL)
+
+
+def test_cross_entropy_out_of_range_labels_give_nan():
+    params, x, y = _problem("cross_entropy")
+    loss = cv.supervised_loss(F, "cross_entropy")
+    assert np.isfinite(loss(params, (x, y)))
+    for bad in (-1, SIZES[-1]):
+        y_bad = y.at[2].set(bad)
+        assert np.isnan(jax.jit(loss)(params, (x, y_bad))), bad
+        losses = cv._example_losses("cross_entropy", jax.vmap(F, (None, 0))(params, x), y_bad)
+        z = jax.vmap(F, (None, 0))(params, x)
+        want = [_per_example_loss("cross_entropy", z[b], y[b]) for b in range(x.shape[0])]
+        assert np.isnan(losses[2])
+        keep = np.arange(x.shape[0]) != 2
+        assert_close(np.asarray(losses)[keep], np.asarray(want)[keep], RTOL)
+
+
+def test_integer_targets():
+    params, x, _ = _problem("mse")
+    n_out = SIZES[-1]
+    y_int = jax.random.randint(jax.random.key(3), (x.shape[0], n_out), -3, 4)
+    z = jax.vmap(F, (None, 0))(params, x)
+    want = np.mean(0.5 * np.sum((np.asarray(z) - np.asarray(y_int, np.float64)) ** 2, axis=1))
+    assert_close(cv.supervised_loss(F, "mse")(params, (x, y_int)), want, RTOL)
+    # (B,) integers are not one-hot encoded for mse: they must have the outputs' shape.
+    with pytest.raises(ValueError, match="targets must have the outputs' shape"):
+        cv.supervised_loss(F, "mse")(params, (x, y_int[:, 0]))
+    with pytest.raises(ValueError, match=r"shape \(B,\).*got \(7, 2\)"):
+        cv.supervised_loss(F, "cross_entropy")(params, (x, y_int))
+
+
+def test_spectral_density_needs_a_positive_sigma():
+    params, x, y = _problem("mse")
+    loss = cv.supervised_loss(F, "mse")
+    grid = jnp.linspace(-1.0, 1.0, 5, dtype=F64)
+    for sigma in (0.0, -0.5, float("nan")):
+        with pytest.raises(ValueError, match=f"sigma must be positive, got {sigma}"):
+            cv.spectral_density(loss, params, (x, y), jax.random.key(0), grid, sigma=sigma)
+
+
+def test_numpy_integers_are_accepted_for_integer_options():
+    params, x, y = _problem("mse")
+    loss = cv.supervised_loss(F, "mse")
+    key = jax.random.key(4)
+    grid = jnp.linspace(-1.0, 1.0, 5, dtype=F64)
+    pairs = [
+        (
+            lambda n: cv.hessian_trace(
+                loss, params, (x, y), key, num_samples=n(6), chunk_size=n(4)
+            ),
+            "trace",
+        ),
+        (lambda n: cv.hessian_diag(loss, params, (x, y), chunk_size=n(5)), "diag"),
+        (lambda n: cv.hessian_eigs(loss, params, (x, y), key, k=n(2), num_iters=n(8)), "eigs"),
+        (
+            lambda n: cv.spectral_density(
+                loss, params, (x, y), key, grid, sigma=0.1, num_probes=n(2), num_iters=n(4)
+            ),
+            "density",
+        ),
+        (lambda n: cv.ntk(F, params, x, chunk_size=n(3)), "ntk"),
+    ]
+    for call, what in pairs:
+        want = call(int)
+        for numpy_int in (np.int64, np.int32):
+            assert_close(_flat(call(numpy_int)), _flat(want), RTOL, what=what)
+    with pytest.raises(ValueError, match="num_probes must be a positive integer, got True"):
+        cv.spectral_density(loss, params, (x, y), key, grid, sigma=0.1, num_probes=True)
+    with pytest.raises(ValueError, match="k must be a positive integer"):
+        cv.hessian_eigs(loss, params, (x, y), key, k=np.int64(0))

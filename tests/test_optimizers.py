@@ -303,3 +303,36 @@ def test_update_needs_params_and_batch():
         opt.scale_by_gauss_newton(F, "mse", curvature="hessian")
     with pytest.raises(ValueError, match="every"):
         opt.track_sharpness(cv.supervised_loss(F, "mse"), jax.random.key(0), every=0)
+
+
+def test_batch_must_be_a_pair():
+    params, x, y = _problem("mse")
+    grads = jax.tree_util.tree_map(jnp.ones_like, params)
+    for tx in (opt.scale_by_gauss_newton(F, "mse"), opt.gauss_newton(F, "mse")):
+        state = tx.init(params)
+        with pytest.raises(ValueError, match=r"batch=\(x, y\).*array of shape \(7, 3\)"):
+            tx.update(grads, state, params, batch=x)
+        with pytest.raises(ValueError, match=r"batch=\(x, y\).*tuple of length 3"):
+            tx.update(grads, state, params, batch=(x, y, y))
+
+
+def test_numpy_integer_options():
+    params, x, y = _problem("mse")
+    grads = jax.grad(cv.supervised_loss(F, "mse"))(params, (x, y))
+    loss = cv.supervised_loss(F, "mse")
+    for n in (np.int64, np.int32):
+        want, got = (
+            opt.scale_by_gauss_newton(F, "mse", cg_iters=c(3)).update(
+                grads, opt.scale_by_gauss_newton(F, "mse").init(params), params, batch=(x, y)
+            )[0]
+            for c in (int, n)
+        )
+        assert_close(ravel_pytree(got)[0], ravel_pytree(want)[0], RTOL)
+        tx = opt.track_sharpness(loss, jax.random.key(0), num_iters=n(5), every=n(2))
+        _, state = tx.update(grads, tx.init(params), params, batch=(x, y))
+        assert np.isfinite(state.sharpness)
+    for bad in (True, 0, 2.0):
+        with pytest.raises(ValueError, match="cg_iters must be a positive integer"):
+            opt.scale_by_gauss_newton(F, "mse", cg_iters=bad)
+        with pytest.raises(ValueError, match="every must be a positive integer"):
+            opt.track_sharpness(loss, jax.random.key(0), every=bad)
