@@ -262,26 +262,14 @@ def _write_results(folder: Path, report: Any, summary: dict[str, Any], hessian: 
 def _print_summary(
     report: Any, sizes: list[int], activation: str, dtype: np.dtype, seconds: float
 ) -> None:
-    lip = report.lipschitz
     print(
         f"jaxjac sensitivity: MLP {sizes} ({activation}), {dtype}, {report.n_samples} rows "
         f"used, {report.n_dropped} dropped, {report.route.replace('_', ' ')} route, "
         f"{seconds:.2f} s"
     )
-    for k, output in enumerate(report.output_names[:10]):
-        order = np.argsort(-report.dgsm[k], kind="stable")[:5]
-        top = ", ".join(
-            f"{report.feature_names[i]} {report.dgsm[k, i]:.4g}±{report.dgsm_se[k, i]:.2g}"
-            for i in order
-        )
-        print(f"  {output}: DGSM {top}")
-    quantiles = ", ".join(
-        f"q{level:g} {value:.4g}" for level, value in zip(lip.levels, lip.quantiles, strict=True)
-    )
-    print(
-        f"  largest singular value of J: max {lip.max:.4g} "
-        f"(data row {lip.argmax_index + 1}, 1-based), {quantiles}"
-    )
+    for line in report._dgsm_lines(outputs=10, features=5):
+        print(line)
+    print(report._sigma_line(f"data row {report.lipschitz.argmax_index + 1}, 1-based"))
 
 
 def _in_cli_words(err: ValueError) -> ValueError:

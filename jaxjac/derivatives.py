@@ -88,14 +88,19 @@ def _out_size(f: Fn, params: Any, x: jax.Array) -> int:
     return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(out))
 
 
-def _differentiable_input(x: ArrayLike) -> jax.Array:
-    """``x`` as an array, refusing dtypes that cannot be differentiated (integers, booleans)."""
-    x = jnp.asarray(x)  # a list or tuple of numbers, as a user may write x
-    if not jnp.issubdtype(x.dtype, jnp.inexact):
+def _check_differentiable(name: str, dtype: Any) -> None:
+    """Refuse dtypes that cannot be differentiated (integers, booleans), naming ``name``."""
+    if not jnp.issubdtype(dtype, jnp.inexact):
         raise TypeError(
-            f"x must be a floating array to differentiate with respect to it, got dtype "
-            f"{x.dtype}; pass x.astype(jnp.float32) (or float64)"
+            f"{name} must be a floating array to differentiate with respect to it, got dtype "
+            f"{dtype}; pass {name}.astype(jnp.float32) (or float64)"
         )
+
+
+def _differentiable_input(x: ArrayLike) -> jax.Array:
+    """``x`` as an array (a list or tuple of numbers, as a user may write it), floating."""
+    x = jnp.asarray(x)
+    _check_differentiable("x", x.dtype)
     return x
 
 

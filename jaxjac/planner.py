@@ -31,7 +31,10 @@ import jax.numpy as jnp
 from jaxjac import closed_form
 from jaxjac._chunks import is_count, map_chunks
 from jaxjac.activations import Activation, get_activation
-from jaxjac.derivatives import _split_partial  # derivatives imports this module lazily
+from jaxjac.derivatives import (  # derivatives imports this module lazily
+    _check_differentiable,
+    _split_partial,
+)
 from jaxjac.nets import check_mlp_input, mlp_apply, validate_mlp_params
 
 __all__ = ["Plan", "explain", "mlp_activation", "plan"]
@@ -327,11 +330,7 @@ def plan(
     if jnp.ndim(xs) < 1:
         raise ValueError(f"xs must have a leading batch axis, got shape {jnp.shape(xs)}")
     xs = jax.ShapeDtypeStruct(*_shape_dtype(xs))
-    if not jnp.issubdtype(xs.dtype, jnp.inexact):
-        raise TypeError(
-            f"xs must be a floating array to differentiate with respect to it, got dtype "
-            f"{xs.dtype}; pass xs.astype(jnp.float32) (or float64)"
-        )
+    _check_differentiable("xs", xs.dtype)
     analyse = max_memory_bytes is not None if analyse is None else analyse
     made = _make_plan(task, mode, chunk_size, max_memory_bytes, analyse, f, params, xs)
     if key is not None:

@@ -357,12 +357,21 @@ class SensitivityReport:
             outputs: at most this many outputs are listed.
             features: features listed per output, by decreasing DGSM (``±`` a standard error).
         """
-        lip = self.lipschitz
         lines = [
             f"sensitivity of {len(self.output_names)} output(s) to {len(self.feature_names)} "
             f"feature(s) over {self.n_samples} examples ({self.n_dropped} dropped), "
-            f"{self.route.replace('_', ' ')} route"
+            f"{self.route.replace('_', ' ')} route",
+            *self._dgsm_lines(outputs, features),
         ]
+        lip = self.lipschitz
+        lines.append(
+            self._sigma_line(f"xs[{lip.argmax_index}]", f"mean {lip.mean:.4g}±{lip.mean_se:.2g}")
+        )
+        return "\n".join(lines)
+
+    def _dgsm_lines(self, outputs: int, features: int) -> list[str]:
+        """``"  y1: DGSM x3 0.25±0.003, …"``: the largest DGSMs of the first outputs."""
+        lines = []
         for k, output in enumerate(self.output_names[:outputs]):
             order = np.argsort(-self.dgsm[k], kind="stable")[:features]
             top = ", ".join(
@@ -370,15 +379,17 @@ class SensitivityReport:
                 for i in order
             )
             lines.append(f"  {output}: DGSM {top}")
-        quantiles = ", ".join(
+        return lines
+
+    def _sigma_line(self, where: str, *extra: str) -> str:
+        """The ``σ_max`` line: its maximum, where it occurs (``where``), ``extra``, quantiles."""
+        lip = self.lipschitz
+        quantiles = [
             f"q{level:g} {value:.4g}"
             for level, value in zip(lip.levels, lip.quantiles, strict=True)
-        )
-        lines.append(
-            f"  largest singular value of J: max {lip.max:.4g} (xs[{lip.argmax_index}]), "
-            f"mean {lip.mean:.4g}±{lip.mean_se:.2g}, {quantiles}"
-        )
-        return "\n".join(lines)
+        ]
+        figures = ", ".join([*extra, *quantiles])
+        return f"  largest singular value of J: max {lip.max:.4g} ({where}), {figures}"
 
     def __str__(self) -> str:
         return self.summary()

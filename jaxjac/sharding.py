@@ -188,9 +188,7 @@ def _is_arrays(value: Any) -> bool:
     arrays = (jax.Array, np.ndarray, np.generic)
     if treedef.num_leaves == 1 and treedef.num_nodes == 1:  # a bare leaf
         return isinstance(value, arrays)
-    return bool(leaves) and all(
-        isinstance(a, (*arrays, float, complex)) and not isinstance(a, bool) for a in leaves
-    )
+    return bool(leaves) and all(isinstance(a, (*arrays, float, complex)) for a in leaves)
 
 
 def _split_arguments(arguments: Mapping[str, Any]):
