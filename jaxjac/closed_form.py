@@ -205,9 +205,25 @@ def _output_adjoints(params, d1, batch):
     return deltas[::-1]
 
 
-# Examples per step of the per-example contraction: its (n_out, n_in, h) intermediate is kept
-# near this size so it stays in cache between being written and being multiplied.
-_CONTRACTION_BYTES = 2 * 2**20
+# The Hessian runs in steps of rows whose (rows, n_in, h) pre-activation Jacobians are near
+# _HESSIAN_STEP_BYTES, so the whole pipeline of one step (forward pass, Jz_l, adjoints,
+# contraction) works in cache instead of streaming batch-sized intermediates through memory.
+# Measured on [32, 256, 256, 256, 8] (2-core Xeon, 2 MiB L2 a core): 1.2x faster at B = 256
+# and 1.5x at B = 4096 in float32 (steps of 32 rows), 1.4-1.5x in float64 (16 rows); steps of
+# twice that were 1.1-1.3x slower than these. Within a step the contraction's
+# (n_out, n_in, h) intermediates are kept near _CONTRACTION_BYTES, below glibc's 32 MiB mmap
+# threshold: larger temporaries are mapped afresh and page-faulted on every call (a 50 MB one
+# made the contraction of 4 examples of the wide net 1.5x slower).
+_HESSIAN_STEP_BYTES = 2**20
+_CONTRACTION_BYTES = 16 * 2**20
+
+
+def _hessian_step_rows(params, batch: int, itemsize: int) -> int | None:
+    """Rows per step of the closed-form Hessian of ``batch`` rows, or ``None`` for one pass."""
+    n_in = params[0]["W"].shape[1]
+    width = max(layer["W"].shape[0] for layer in params[:-1]) if len(params) > 1 else 1
+    rows = max(1, _HESSIAN_STEP_BYTES // (n_in * width * itemsize))
+    return rows if rows < batch else None
 
 
 def _symmetric_blocks(n_in: int) -> list[tuple[int, int]]:
@@ -241,6 +257,11 @@ def _contract(zt: jax.Array, c: jax.Array) -> jax.Array:
 
 def _hessian(params, x, act):
     params = _promoted(params, x)
+    rows = _hessian_step_rows(params, x.shape[0], params[0]["W"].dtype.itemsize)
+    return map_chunks(lambda b: _hessian_rows(params, b, act), x, rows)
+
+
+def _hessian_rows(params, x, act):
     fw = _forward(params, x, act, second=True)
     batch, n_in = x.shape
     n_out = params[-1]["W"].shape[0]
@@ -256,9 +277,8 @@ def _hessian(params, x, act):
     packed = _mm(cs[0], w1[:, iu] * w1[:, ju])  # (B, n_out, n_in (n_in + 1) / 2)
     pair = np.zeros((n_in, n_in), np.int32)
     pair[iu, ju] = pair[ju, iu] = np.arange(iu.size)
-    hess = packed[:, :, pair]
     if len(jts) == 1:
-        return hess
+        return packed[:, :, pair]
     # Deeper layers differ per example: one contraction over all their units, a few examples
     # per step so the (n_out, n_in, h) intermediates stay in cache. The layers are joined per
     # step, not for the whole batch: a batch-sized concatenation costs more than it saves.
@@ -266,17 +286,17 @@ def _hessian(params, x, act):
     per_example = n_out * n_in * sum(z.shape[-1] for z in deep_zt) * x.dtype.itemsize
     step = max(1, _CONTRACTION_BYTES // per_example)
 
-    def contract_all(zts, cs):
-        return _contract(jnp.concatenate(zts, axis=-1), jnp.concatenate(cs, axis=-1))
+    def contract_all(zts, cs, packed):
+        deep = _contract(jnp.concatenate(zts, axis=-1), jnp.concatenate(cs, axis=-1))
+        return deep + packed[:, :, pair]
 
     if step >= batch:
-        return hess + contract_all(deep_zt, deep_c)
+        return contract_all(deep_zt, deep_c, packed)
 
-    def one_example(zc):  # lax.map vmaps ``step`` examples at a time over one example
-        zts, cs = zc
-        return contract_all([z[None] for z in zts], [c[None] for c in cs])[0]
+    def one_example(args):  # lax.map vmaps ``step`` examples at a time over one example
+        return contract_all(*jax.tree_util.tree_map(lambda a: a[None], args))[0]
 
-    return hess + jax.lax.map(one_example, (deep_zt, deep_c), batch_size=step)
+    return jax.lax.map(one_example, (deep_zt, deep_c, packed), batch_size=step)
 
 
 def _weight_jacobian(params, x, act):

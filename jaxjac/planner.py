@@ -61,7 +61,8 @@ class Plan(NamedTuple):
         max_memory_bytes: the budget asked for, if any.
         reasons: one sentence per decision.
         step_rows: rows the program itself processes at a time within a chunk (the closed-form
-            Jacobian of a large batch steps through cache-sized blocks of rows), or ``None``.
+            Jacobian and Hessian of a large batch step through cache-sized blocks of rows), or
+            ``None``.
     """
 
     task: str
@@ -122,8 +123,8 @@ def _temp_bytes(plan: Plan, chunk_size: int | None) -> int:
     """Temporaries of ``plan``'s program run in chunks of ``chunk_size`` (``None``: whole).
 
     In flight at once are ``chunk_size`` examples, or the program's own row steps when it takes
-    fewer (``Plan.step_rows``, the closed-form Jacobian of a large batch); a chunk's or step's
-    result is a temporary too, until it is copied into the output.
+    fewer (``Plan.step_rows``, the closed-form Jacobian or Hessian of a large batch); a chunk's
+    or step's result is a temporary too, until it is copied into the output.
     """
     rows = plan.batch if chunk_size is None else min(chunk_size, plan.batch)
     stepped = plan.step_rows is not None and plan.step_rows < rows
@@ -428,9 +429,11 @@ def _make_plan(task, mode, chunk_size, max_memory_bytes, analyse, f, params, xs)
     static = _Route(task, route, acc, chunk_size, act if closed else None)
     itemsize = jnp.dtype(xs.dtype).itemsize
 
-    def step_rows(rows: int) -> int | None:  # the closed-form Jacobian's own row steps
+    def step_rows(rows: int) -> int | None:  # the closed form's own row steps
         if closed and task == "input_jacobian":
             return closed_form._jacobian_step_rows(params, rows, itemsize, acc)
+        if closed and task == "input_hessian":
+            return closed_form._hessian_step_rows(params, rows, itemsize)
         return None
 
     per_example = fixed = flops = None

@@ -300,6 +300,16 @@ def test_chunked_contraction_matches(monkeypatch):
     assert_close(got, _autodiff(params, xs, "tansig")["hessian"], REQUIRED_RTOL)
 
 
+def test_hessian_row_steps_match(monkeypatch):
+    # A budget of 3 rows' Jacobians runs the whole Hessian pipeline in steps of 3 rows; 7 is not
+    # a multiple, so the last step is moved back over rows already done.
+    params, xs, _ = _network(3, sizes=[5, 8, 7, 6, 2], batch=7)
+    monkeypatch.setattr(closed_form_module, "_HESSIAN_STEP_BYTES", 3 * 5 * 8 * 8)
+    assert closed_form_module._hessian_step_rows(params, 7, 8) == 3
+    got = closed_form_module._hessian(params, xs, jj.get_activation("tansig"))
+    assert_close(got, _autodiff(params, xs, "tansig")["hessian"], REQUIRED_RTOL)
+
+
 def test_chunked_laplacian_matches(monkeypatch):
     # A tiny cache budget forces the forward Laplacian through chunks of one row.
     params, xs, _ = _network(8, sizes=[5, 8, 7, 2], batch=5)

@@ -177,22 +177,26 @@ def test_memory_estimate_matches_xla_for_the_chunked_program(task, batch):
     assert temp >= 0.5 * p.temp_bytes, (temp, p.temp_bytes)  # not a wild overestimate either
 
 
+@pytest.mark.parametrize("task", ["input_jacobian", "input_hessian"])
 @pytest.mark.parametrize("batch", [4096, 4000])
-def test_the_closed_form_jacobians_row_steps_are_in_the_estimate(batch):
-    # A large closed-form Jacobian runs in cache-sized row steps of its own, so its temporaries
-    # stop growing with the batch: the estimate follows the steps (a linear one said 64 MiB
-    # against XLA's 8.5 MiB), and a budget the steps fit needs no chunking.
+def test_the_closed_forms_row_steps_are_in_the_estimate(task, batch):
+    # A large closed-form Jacobian or Hessian runs in cache-sized row steps of its own, so its
+    # temporaries stop growing with the batch: the estimate follows the steps (a linear one
+    # said 64 MiB against XLA's 8.5 MiB for the Jacobian), and a budget the steps fit needs
+    # no chunking.
     params = jj.mlp_init(jax.random.key(0), [32, 256, 256, 8], dtype=jnp.float32)
     xs = jnp.ones((batch, 32), jnp.float32)
     f = jj.mlp_function("tansig")
-    p = planner.explain("input_jacobian", f, params, xs)
+    helper = {"input_jacobian": jj.batch_input_jacobian, "input_hessian": jj.batch_input_hessian}
+    p = planner.explain(task, f, params, xs)
     assert p.step_rows is not None and p.step_rows < batch
-    temp = jax.jit(lambda q, b: jj.batch_input_jacobian(f, q, b)).lower(params, xs).compile()
+    temp = jax.jit(lambda q, b: helper[task](f, q, b)).lower(params, xs).compile()
     temp = temp.memory_analysis().temp_size_in_bytes
-    assert 0.95 * temp <= p.temp_bytes <= 1.05 * temp, (temp, p.temp_bytes)  # XLA adds bytes
+    # XLA adds or shares a few bytes: 1.00x (Jacobian) and 1.07x (Hessian) measured
+    assert 0.95 * temp <= p.temp_bytes <= 1.1 * temp, (temp, p.temp_bytes)
     linear = p.temp_bytes_fixed + batch * p.temp_bytes_per_example
     assert p.temp_bytes < linear / 4
-    roomy = planner.plan("input_jacobian", f, params, xs, max_memory_bytes=int(1.1 * temp))
+    roomy = planner.plan(task, f, params, xs, max_memory_bytes=int(1.1 * temp))
     assert roomy.chunk_size is None and roomy.temp_bytes <= int(1.1 * temp)
     assert "row steps" in str(p)
 
