@@ -12,3 +12,17 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_dtype_promotion", "strict")
+
+import pytest  # noqa: E402  (after the flags: nothing may touch JAX before they are set)
+
+from jaxjac import activations  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _activations_registered_by_a_test_stay_in_it():
+    # Tests register activations (a cube, sin/cos replacements); left in the global registry
+    # they change what other tests see, e.g. match_activation(z**3) found "test_cube".
+    saved = dict(activations._REGISTRY)
+    yield
+    activations._REGISTRY.clear()
+    activations._REGISTRY.update(saved)
