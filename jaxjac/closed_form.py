@@ -283,7 +283,7 @@ def _hessian_rows(params, x, act):
     # per step so the (n_out, n_in, h) intermediates stay in cache. The layers are joined per
     # step, not for the whole batch: a batch-sized concatenation costs more than it saves.
     deep_zt, deep_c = jts[1:], cs[1:]
-    per_example = n_out * n_in * sum(z.shape[-1] for z in deep_zt) * x.dtype.itemsize
+    per_example = n_out * n_in * sum(z.shape[-1] for z in deep_zt) * deep_zt[0].dtype.itemsize
     step = max(1, _CONTRACTION_BYTES // per_example)
 
     def contract_all(zts, cs, packed):

@@ -193,7 +193,8 @@ def test_the_closed_forms_row_steps_are_in_the_estimate(task, batch):
     temp = jax.jit(lambda q, b: helper[task](f, q, b)).lower(params, xs).compile()
     temp = temp.memory_analysis().temp_size_in_bytes
     # XLA adds or shares a few bytes: 1.00x (Jacobian) and 1.07x (Hessian) measured
-    assert 0.95 * temp <= p.temp_bytes <= 1.1 * temp, (temp, p.temp_bytes)
+    over = {"input_jacobian": 1.05, "input_hessian": 1.1}[task]
+    assert 0.95 * temp <= p.temp_bytes <= over * temp, (temp, p.temp_bytes)
     linear = p.temp_bytes_fixed + batch * p.temp_bytes_per_example
     assert p.temp_bytes < linear / 4
     roomy = planner.plan(task, f, params, xs, max_memory_bytes=int(1.1 * temp))
