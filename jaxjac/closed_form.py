@@ -210,12 +210,14 @@ def _output_adjoints(params, d1, batch):
 # contraction) works in cache instead of streaming batch-sized intermediates through memory.
 # Measured on [32, 256, 256, 256, 8] (2-core Xeon, 2 MiB L2 a core): 1.2x faster at B = 256
 # and 1.5x at B = 4096 in float32 (steps of 32 rows), 1.4-1.5x in float64 (16 rows); steps of
-# twice that were 1.1-1.3x slower than these. Within a step the contraction's
-# (n_out, n_in, h) intermediates are kept near _CONTRACTION_BYTES, below glibc's 32 MiB mmap
-# threshold: larger temporaries are mapped afresh and page-faulted on every call (a 50 MB one
-# made the contraction of 4 examples of the wide net 1.5x slower).
+# twice that were 1.1-1.3x slower than these. Within a step the contraction runs a few
+# examples at a time, its (n_out, n_in, h) intermediates near _CONTRACTION_BYTES (twice L2):
+# 1.1-1.2x faster than 16 MiB on the small net at B = 256 and 4096, float32 and float64
+# (8 examples a sub-step in float32; 2-8 MiB were level, 1 MiB slower). Far above that, past
+# glibc's 32 MiB mmap threshold, temporaries are mapped afresh and page-faulted on every call
+# (a 50 MB one made the contraction of 4 examples of the wide net 1.5x slower).
 _HESSIAN_STEP_BYTES = 2**20
-_CONTRACTION_BYTES = 16 * 2**20
+_CONTRACTION_BYTES = 4 * 2**20
 
 
 def _hessian_step_rows(params, batch: int, itemsize: int) -> int | None:

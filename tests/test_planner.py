@@ -181,9 +181,10 @@ def test_memory_estimate_matches_xla_for_the_chunked_program(task, batch):
 @pytest.mark.parametrize("batch", [4096, 4000])
 def test_the_closed_forms_row_steps_are_in_the_estimate(task, batch):
     # A large closed-form Jacobian or Hessian runs in cache-sized row steps of its own, so its
-    # temporaries stop growing with the batch: the estimate follows the steps (a linear one
-    # said 64 MiB against XLA's 8.5 MiB for the Jacobian), and a budget the steps fit needs
-    # no chunking.
+    # temporaries stop growing with the batch: the estimate is the stepped program's own (a
+    # linear one said 64 MiB against XLA's 8.5 MiB for the Jacobian; one from a step's rows
+    # 1.4x the Hessian's, which contracts a few examples at a time within a step), and a
+    # budget the steps fit needs no chunking.
     params = jj.mlp_init(jax.random.key(0), [32, 256, 256, 8], dtype=jnp.float32)
     xs = jnp.ones((batch, 32), jnp.float32)
     f = jj.mlp_function("tansig")
@@ -192,9 +193,9 @@ def test_the_closed_forms_row_steps_are_in_the_estimate(task, batch):
     assert p.step_rows is not None and p.step_rows < batch
     temp = jax.jit(lambda q, b: helper[task](f, q, b)).lower(params, xs).compile()
     temp = temp.memory_analysis().temp_size_in_bytes
-    # XLA adds or shares a few bytes: 1.00x (Jacobian) and 1.07x (Hessian) measured
-    over = {"input_jacobian": 1.05, "input_hessian": 1.1}[task]
-    assert 0.95 * temp <= p.temp_bytes <= over * temp, (temp, p.temp_bytes)
+    # the planner compiles the helper's program without its jit wrapper: XLA may share a few
+    # bytes differently (1.00x measured for both)
+    assert 0.95 * temp <= p.temp_bytes <= 1.05 * temp, (temp, p.temp_bytes)
     linear = p.temp_bytes_fixed + batch * p.temp_bytes_per_example
     assert p.temp_bytes < linear / 4
     roomy = planner.plan(task, f, params, xs, max_memory_bytes=int(1.1 * temp))
