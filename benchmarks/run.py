@@ -26,6 +26,8 @@ Protocol, per workload (net, batch, dtype) and task:
    program. glibc's mmap threshold is pinned at 64 KiB (``MALLOC_MMAP_THRESHOLD_``) so freed
    buffers go back to the kernel instead of a heap that would hide the second call's use.
    tracemalloc sees none of XLA's buffers, and ``getrusage`` alone would count compilation.
+6. The closed-form Hessian's GEMMs timed alone at their own shapes (:mod:`benchmarks.gemm_bound`):
+   what its design can reach with XLA's GEMMs, next to the FLOP floor.
 
 Exit status 0 even when targets fail (they are reported); 1 if a route gave a wrong result.
 """
@@ -55,6 +57,7 @@ import numpy as np
 jax.config.update("jax_enable_x64", True)  # for the references; every route keeps its own dtype
 
 import jaxjac as jj  # noqa: E402
+from benchmarks import gemm_bound  # noqa: E402
 from benchmarks import workloads as W  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -341,6 +344,18 @@ def compile_target() -> dict:
     t0 = time.perf_counter()
     jj.closed_form.mlp_hessian.lower(params, xs).compile()
     return {"sizes": sizes, "compile_s": time.perf_counter() - t0}
+
+
+def hessian_gemms_target(records: list[dict]) -> dict:
+    """The closed-form Hessian's GEMMs timed alone, for each net whose headline Hessian ran."""
+    out = {}
+    for net in ("small", "wide"):
+        mine = _find(records, net, "hessian", "jaxjac auto")
+        if mine is not None:
+            out[net] = gemm_bound.measure_hessian_gemms(W.NETS[net], TARGET_BATCH, TARGET_DTYPE)
+            out[net]["jaxjac_s"] = mine["median_s"]
+            out[net]["floor_s"] = mine.get("floor_s")
+    return out
 
 
 # --- the grid -----------------------------------------------------------------------------------
@@ -734,6 +749,38 @@ def write_markdown(path: Path, data: dict) -> None:
             f"Compile time of `closed_form.mlp_hessian` on {comp['sizes']} (B = 256 float32, "
             f"`lower().compile()`): {comp['compile_s']:.2f} s.",
         ]
+    gemms = data.get("hessian_gemms")
+    if gemms:
+        lines += [
+            "",
+            f"## Hessian: the closed form's GEMMs alone (B = {TARGET_BATCH}, {TARGET_DTYPE})",
+            "",
+            "Every GEMM the closed-form Hessian runs, at its own shapes and counts, timed alone "
+            "with its operands resident (fastest call less dispatch; "
+            "[benchmarks/gemm_bound.py](gemm_bound.py)). Their sum leaves out the activations "
+            "and the memory-bound scaling `c ⊙ Jz` that feeds the contraction: it bounds what "
+            "this design can reach with XLA's GEMMs.",
+            "",
+            "| net | GEMM | shape | calls | us a call | GFLOP/s | ms in all |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for net, g in gemms.items():
+            for it in g["items"]:
+                lines.append(
+                    f"| {net} | {it['name']} | {'x'.join(map(str, it['shape']))} | "
+                    f"{it['calls']} | {1e6 * it['seconds']:.0f} | "
+                    f"{it['flops'] / it['seconds'] / 1e9:.0f} | "
+                    f"{1e3 * it['seconds'] * it['calls']:.2f} |"
+                )
+        lines += ["", "| net | FLOP floor ms | GEMMs alone ms | x floor | jaxjac ms | x GEMMs |"]
+        lines.append("|---|---|---|---|---|---|")
+        for net, g in gemms.items():
+            floor = g.get("floor_s")
+            lines.append(
+                f"| {net} | {_cell(floor and 1e3 * floor, '.3g')} | {1e3 * g['gemm_s']:.3g} | "
+                f"{_cell(floor and g['gemm_s'] / floor, '.2f')} | {1e3 * g['jaxjac_s']:.3g} | "
+                f"{g['jaxjac_s'] / g['gemm_s']:.2f} |"
+            )
     groups: dict[tuple, list[dict]] = {}
     for r in data["records"]:
         groups.setdefault(
@@ -901,6 +948,7 @@ def main(argv=None) -> int:
     peak_end = measure_peak(3 if args.quick else 10)
     peak = {k: max(v, peak_end[k]) for k, v in peak.items()}
     add_peak_fractions(records, peak)
+    extra["hessian_gemms"] = hessian_gemms_target(records)  # after the floors it is set beside
     argv_str = " ".join(sys.argv[1:]) if argv is None else " ".join(argv)
     data = {
         "command": f"python -m benchmarks.run {argv_str}".strip(),
