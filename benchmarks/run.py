@@ -196,9 +196,10 @@ def time_round_robin(
             fn, route = prepared[name]
             block = _block(route)
             # The first call after another route runs on cold caches and re-mapped pages (the
-            # one after vmap(jacfwd) took 10-15 % longer): a fast route gets an untimed call
-            # first; for a route of a quarter second or more that cost is in the noise.
-            if not times[name] or min(times[name]) < 0.25:
+            # one after vmap(jacfwd) took 10-15 % longer, a Hessian of 0.5-1.7 s right after
+            # vmap(hessian)'s gigabytes 15-60 % longer): a route of up to 2 s gets an untimed
+            # call first; for a slower one the cost is a few per cent of its time.
+            if not times[name] or min(times[name]) < 2.0:
                 block(fn())
             t0 = time.perf_counter()
             block(fn())

@@ -471,8 +471,8 @@ def _make_plan(task, mode, chunk_size, max_memory_bytes, analyse, f, params, xs)
             # Chunked, each chunk's result is a temporary as well (then copied into the output).
             per_example_chunked = per_example + -(-result_bytes // batch)
             fit = (max_memory_bytes - fixed) // per_example_chunked
-            if stepped_temp is not None:  # a chunk of a step's rows or more runs in row steps
-                fit = min(fit, step_rows(batch) - 1)
+            if stepped_temp is not None:  # a larger chunk runs in the steps that did not fit
+                fit = min(fit, step_rows(batch))
             if fit < 1:
                 raise ValueError(
                     f"max_memory_bytes={max_memory_bytes:,} is too small: one example of this "

@@ -178,6 +178,28 @@ def test_memory_estimate_matches_xla_for_the_chunked_program(task, batch):
 
 
 @pytest.mark.parametrize("task", ["input_jacobian", "input_hessian"])
+def test_budgets_around_the_row_steps_are_kept(task):
+    # Near the stepped program's own temporaries the planner must choose between running the
+    # whole batch in row steps and chunks small enough to run without them (a larger chunk
+    # would step again and need what did not fit). Either way XLA's temporaries stay within.
+    params = jj.mlp_init(jax.random.key(0), [32, 256, 256, 8], dtype=jnp.float32)
+    xs = jnp.ones((4096, 32), jnp.float32)
+    f = jj.mlp_function("tansig")
+    helper = {"input_jacobian": jj.batch_input_jacobian, "input_hessian": jj.batch_input_hessian}
+    stepped = planner.explain(task, f, params, xs).temp_bytes_stepped
+    assert stepped is not None
+    for scale in (0.9, 0.99, 1.0, 1.1):
+        budget = int(scale * stepped)
+        p = planner.plan(task, f, params, xs, max_memory_bytes=budget)
+        assert (p.chunk_size is None) == (scale >= 1), (scale, p.chunk_size)
+        if p.chunk_size is not None:
+            assert p.step_rows is None, (scale, p.chunk_size, p.step_rows)
+        call = jax.jit(lambda q, b, m=budget: helper[task](f, q, b, max_memory_bytes=m))
+        temp = call.lower(params, xs).compile().memory_analysis().temp_size_in_bytes
+        assert temp <= budget, (scale, temp, budget, p.chunk_size)
+
+
+@pytest.mark.parametrize("task", ["input_jacobian", "input_hessian"])
 @pytest.mark.parametrize("batch", [4096, 4000])
 def test_the_closed_forms_row_steps_are_in_the_estimate(task, batch):
     # A large closed-form Jacobian or Hessian runs in cache-sized row steps of its own, so its
