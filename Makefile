@@ -46,7 +46,7 @@ format: $(VENV)/.installed-test
 	$(BIN)/ruff format jaxjac tests benchmarks
 	$(BIN)/ruff check --fix jaxjac tests benchmarks
 
-# The full grid behind benchmarks/RESULTS.md (about an hour on 2 cores); peak-RSS probes of
+# The full grid behind benchmarks/RESULTS.md (about 70 minutes on 2 cores); peak-RSS probes of
 # every route are `python -m benchmarks.run --memory all` (several hours).
 bench: $(VENV)/.installed-bench
 	$(BIN)/python -m benchmarks.run --memory target --route-budget-s 8

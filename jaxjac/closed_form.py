@@ -211,11 +211,12 @@ def _output_adjoints(params, d1, batch):
 # Measured on [32, 256, 256, 256, 8] (2-core Xeon, 2 MiB L2 a core): 1.2x faster at B = 256
 # and 1.5x at B = 4096 in float32 (steps of 32 rows), 1.4-1.5x in float64 (16 rows); steps of
 # twice that were 1.1-1.3x slower than these. Within a step the contraction runs a few
-# examples at a time, its (n_out, n_in, h) intermediates near _CONTRACTION_BYTES (twice L2):
-# 1.1-1.2x faster than 16 MiB on the small net at B = 256 and 4096, float32 and float64
-# (8 examples a sub-step in float32; 2-8 MiB were level, 1 MiB slower). Far above that, past
-# glibc's 32 MiB mmap threshold, temporaries are mapped afresh and page-faulted on every call
-# (a 50 MB one made the contraction of 4 examples of the wide net 1.5x slower).
+# examples at a time, its (n_out, n_in, h) intermediates near _CONTRACTION_BYTES: on a 2-core
+# AMD EPYC (1 MiB L2 a core, 32 MiB L3) 1.1-1.2x faster than 16 MiB on the small net at
+# B = 256 and 4096, float32 and float64 (8 examples a sub-step in float32; 2-8 MiB were
+# level, 1 MiB slower). Far above that, past glibc's 32 MiB mmap threshold, temporaries are
+# mapped afresh and page-faulted on every call (a 50 MB one made the contraction of 4
+# examples of the wide net 1.5x slower).
 _HESSIAN_STEP_BYTES = 2**20
 _CONTRACTION_BYTES = 4 * 2**20
 
