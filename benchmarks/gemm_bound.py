@@ -13,7 +13,8 @@ fastest of ``repeats`` calls, less the dispatch cost of a trivial call), and sum
 * adjoints ``δ_l``:  ``(R n_out, s_l) @ (s_l, s_{l-1})`` for ``l = n-1 … 2``;
 * layer 1, packed:   ``(R n_out, s_1) @ (s_1, n_in (n_in + 1) / 2)``;
 * contraction:       the upper-triangle row blocks of ``(e, n_out, n_in, H) x (e, n_in, H)``
-  for ``e`` examples at a time, ``H = s_2 + … + s_{n-1}``, ``B / e`` times,
+  for ``e`` examples at a time, ``B / e`` times: ``H = s_2 + … + s_{n-1}`` where the deep
+  layers are joined, else one such GEMM for each deep layer with ``H = s_l``,
 
 with ``R`` rows per step and ``e`` examples per contraction step. Everything else the closed
 form does (activations, the scaling ``c ⊙ Jz`` that feeds the contraction, the packed term's
@@ -68,21 +69,22 @@ def hessian_gemms(sizes: list[int], batch: int, itemsize: int) -> list[dict]:
     for g in out:
         m, k, nn = g["shape"]
         g["flops"] = 2 * m * k * nn
-    deep = sum(sizes[2:-1])
+    deep = sizes[2:-1]
     if deep:
-        per_example = n_out * n_in * deep * itemsize
-        step = min(rows, max(1, closed_form._CONTRACTION_BYTES // per_example))
+        joined, step = closed_form._contraction_layout(n_out, n_in, deep, itemsize)
+        step = min(rows, step)
         blocks = closed_form._symmetric_blocks(n_in)
-        out.append(
-            {
-                "name": "contraction",
-                "shape": (step, n_out, n_in, deep),
-                "calls": -(-batch // step),
-                "flops": sum(
-                    2 * step * n_out * (hi - lo) * (n_in - lo) * deep for lo, hi in blocks
-                ),
-            }
-        )
+        for h in [sum(deep)] if joined else deep:
+            out.append(
+                {
+                    "name": "contraction",
+                    "shape": (step, n_out, n_in, h),
+                    "calls": -(-batch // step),
+                    "flops": sum(
+                        2 * step * n_out * (hi - lo) * (n_in - lo) * h for lo, hi in blocks
+                    ),
+                }
+            )
     return out
 
 

@@ -236,26 +236,53 @@ def _symmetric_blocks(n_in: int) -> list[tuple[int, int]]:
     return list(itertools.pairwise(edges))
 
 
-def _contract(zt: jax.Array, c: jax.Array) -> jax.Array:
-    """``H[b,k] = Zt[b] diag(c[b,k]) Zt[b]ᵀ`` for ``zt (b, n_in, H)``, ``c (b, n_out, H)``.
+def _contraction_layout(
+    n_out: int, n_in: int, widths: list[int], itemsize: int
+) -> tuple[bool, int]:
+    """How the deep layers (``widths`` units each) are contracted: ``(joined, examples a step)``.
 
-    Only the row blocks of the upper triangle are multiplied (the lower ones are their
-    transposes): with 2 blocks 3/4 of the full product, with 4 blocks 5/8.
+    The scaled ``(n_out, n_in, h)`` operands of a step stay near ``_CONTRACTION_BYTES``, in
+    cache. While one example's operand over all deep units fits, the layers are joined into one
+    GEMM (per step: a batch-sized concatenation costs more than it saves); past that, each
+    layer is a GEMM of its own, accumulated. On the wide net (a 12.6 MB joined operand in
+    float32) the Hessian ran 0.99-1.07x as fast as with one joined GEMM, median 1.04x, in five
+    interleaved runs at B = 256 in float32, and 0.98x in float64 (2-core Xeon, 2 MiB L2 a core).
     """
-    b, n_out, n_in = zt.shape[0], c.shape[1], zt.shape[1]
+    per_unit = n_out * n_in * itemsize
+    joined = per_unit * sum(widths) <= _CONTRACTION_BYTES
+    widest = sum(widths) if joined else max(widths)
+    return joined, max(1, _CONTRACTION_BYTES // (per_unit * widest))
+
+
+def _contract(zts: list[jax.Array], cs: list[jax.Array], base: jax.Array) -> jax.Array:
+    """``base + H``, ``H[b,k] = Σ_l Zt_l[b] diag(c_l[b,k]) Zt_l[b]ᵀ``: ``(b, n_out, n_in, n_in)``.
+
+    Args:
+        zts: ``Zt_l``, each ``(b, n_in, h_l)``.
+        cs: ``c_l``, each ``(b, n_out, h_l)``.
+        base: ``(b, n_out, n_in, n_in)``, symmetric in the last two axes.
+
+    Each entry of ``zts`` is a GEMM of its own, accumulated. Only the row blocks of the upper
+    triangle are multiplied (the lower ones are their transposes, added in place): with 2
+    blocks 3/4 of the full product, with 4 blocks 5/8.
+    """
+    n_in = zts[0].shape[1]
+
+    def rows(lo, hi):  # rows lo:hi of the upper triangle, columns lo:
+        terms = [
+            jnp.einsum("bkih,bjh->bkij", c[:, :, None, :] * zt[:, None, lo:hi, :], zt[:, lo:, :])
+            for zt, c in zip(zts, cs, strict=True)
+        ]
+        return functools.reduce(jnp.add, terms)
+
     blocks = _symmetric_blocks(n_in)
     if len(blocks) == 1:
-        return jnp.einsum("bkih,bjh->bkij", c[:, :, None, :] * zt[:, None, :, :], zt)
-    hess = jnp.zeros((b, n_out, n_in, n_in), zt.dtype)
-    rows = []
-    for lo, hi in blocks:
-        m = c[:, :, None, :] * zt[:, None, lo:hi, :]  # (b, n_out, hi - lo, H)
-        rows.append((lo, hi, jnp.einsum("bkih,bjh->bkij", m, zt[:, lo:, :])))
-    for lo, hi, top in rows:  # lower triangle first: the diagonal blocks are then overwritten
-        hess = hess.at[:, :, lo:, lo:hi].set(jnp.swapaxes(top, -1, -2))
-    for lo, hi, top in rows:
-        hess = hess.at[:, :, lo:hi, lo:].set(top)
-    return hess
+        return base + rows(0, n_in)
+    for lo, hi in blocks:  # added in place: block rows lo:hi, and their transpose below them
+        top = rows(lo, hi)
+        base = base.at[:, :, lo:hi, lo:].add(top)
+        base = base.at[:, :, hi:, lo:hi].add(jnp.swapaxes(top[..., hi - lo :], -1, -2))
+    return base
 
 
 def _hessian(params, x, act):
@@ -282,16 +309,16 @@ def _hessian_rows(params, x, act):
     pair[iu, ju] = pair[ju, iu] = np.arange(iu.size)
     if len(jts) == 1:
         return packed[:, :, pair]
-    # Deeper layers differ per example: one contraction over all their units, a few examples
-    # per step so the (n_out, n_in, h) intermediates stay in cache. The layers are joined per
-    # step, not for the whole batch: a batch-sized concatenation costs more than it saves.
+    # Deeper layers differ per example: contracted a few examples per step.
     deep_zt, deep_c = jts[1:], cs[1:]
-    per_example = n_out * n_in * sum(z.shape[-1] for z in deep_zt) * deep_zt[0].dtype.itemsize
-    step = max(1, _CONTRACTION_BYTES // per_example)
+    joined, step = _contraction_layout(
+        n_out, n_in, [z.shape[-1] for z in deep_zt], deep_zt[0].dtype.itemsize
+    )
 
     def contract_all(zts, cs, packed):
-        deep = _contract(jnp.concatenate(zts, axis=-1), jnp.concatenate(cs, axis=-1))
-        return deep + packed[:, :, pair]
+        if joined:
+            zts, cs = [jnp.concatenate(zts, axis=-1)], [jnp.concatenate(cs, axis=-1)]
+        return _contract(zts, cs, packed[:, :, pair])
 
     if step >= batch:
         return contract_all(deep_zt, deep_c, packed)

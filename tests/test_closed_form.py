@@ -300,6 +300,26 @@ def test_chunked_contraction_matches(monkeypatch):
     assert_close(got, _autodiff(params, xs, "tansig")["hessian"], REQUIRED_RTOL)
 
 
+@pytest.mark.parametrize("n_in", [5, 130])
+def test_layer_by_layer_contraction_matches(monkeypatch, n_in):
+    # A budget below one layer's operand contracts each deep layer on its own and accumulates
+    # (with 4 triangle blocks for n_in = 130), one example a step.
+    params, xs, _ = _network(n_in, sizes=[n_in, 6, 5, 4, 2], batch=3)
+    monkeypatch.setattr(closed_form_module, "_CONTRACTION_BYTES", 1)
+    assert closed_form_module._contraction_layout(2, n_in, [5, 4], 8) == (False, 1)
+    got = closed_form_module._hessian(params, xs, jj.get_activation("tansig"))
+    assert_close(got, _autodiff(params, xs, "tansig")["hessian"], REQUIRED_RTOL)
+    assert_close(got, jnp.swapaxes(got, -1, -2), exact_rtol(F64), what="symmetry")
+
+
+def test_contraction_layout_joins_layers_while_they_fit():
+    # float32, n_out = 16, n_in = 128: 8 KiB a unit, so 512 units are 4 MiB.
+    assert closed_form_module._contraction_layout(16, 128, [256, 256], 4) == (True, 1)
+    assert closed_form_module._contraction_layout(16, 128, [128, 128], 4) == (True, 2)
+    assert closed_form_module._contraction_layout(16, 128, [512, 512, 512], 4) == (False, 1)
+    assert closed_form_module._contraction_layout(8, 32, [256, 256], 4) == (True, 8)
+
+
 def test_hessian_row_steps_match(monkeypatch):
     # A budget of 3 rows' Jacobians runs the whole Hessian pipeline in steps of 3 rows; 7 is not
     # a multiple, so the last step is moved back over rows already done.
