@@ -293,9 +293,11 @@ def test_blocked_symmetric_contraction_for_wide_inputs(n_in):
 
 
 def test_chunked_contraction_matches(monkeypatch):
-    # A tiny cache budget forces the per-example contraction through lax.map in small steps.
+    # A budget of two examples' joined operands (n_out n_in (7 + 6) float64 numbers each) runs
+    # the joined contraction through lax.map in steps of 2 examples; 7 is not a multiple.
     params, xs, _ = _network(3, sizes=[5, 8, 7, 6, 2], batch=7)
-    monkeypatch.setattr(closed_form_module, "_CONTRACTION_BYTES", 1)
+    monkeypatch.setattr(closed_form_module, "_CONTRACTION_BYTES", 2 * 2 * 5 * 13 * 8)
+    assert closed_form_module._contraction_layout(2, 5, [7, 6], 8) == (True, 2)
     got = closed_form_module._hessian(params, xs, jj.get_activation("tansig"))
     assert_close(got, _autodiff(params, xs, "tansig")["hessian"], REQUIRED_RTOL)
 
