@@ -179,10 +179,24 @@ def prepare_route(route: W.Route, wl: W.Workload, ref: list) -> tuple[Any, dict]
     return fn, rec
 
 
+# Routes up to this long get an untimed call before each timed one. At 2 s, the wide net's
+# Hessian (jaxjac auto and the closed form, 2.05-2.33 s, on this session's 2-core Zen 4 EPYC)
+# went without it, and its first call right after vmap(hessian) took 2.85-3.19 s: with the
+# 4 calls such a route gets, one of those moves its median.
+WARM_CALL_S = 5.0
+# A route of a few ms is timed until its calls add up to this much (at most MAX_CALLS_FACTOR x
+# repeats calls): 10 calls of the small net's 7 ms Jacobian spanned a tenth of a second, and
+# in the full run of this session its median read 0.92x of vmap(jacrev)'s with the two
+# interquartile ranges overlapping (5.7-8.4 ms against 5.2-8.1 ms).
+MIN_TIMED_S = 1.0
+MAX_CALLS_FACTOR = 10
+
+
 def time_round_robin(
     prepared: dict[str, tuple[Any, W.Route]], *, repeats: int, min_repeats: int, budget_s: float
 ) -> dict[str, dict]:
-    """Timed calls in rounds, one call of every route per round, until each has ``repeats``.
+    """Timed calls in rounds, one call of every route per round, until each has ``repeats``
+    (and, for a fast route, ``MIN_TIMED_S`` of timed calls).
 
     Round-robin within one library, not one route after another: a drift of the machine's speed
     (a neighbour's load, the CPU's clock) then hits every route alike instead of whichever
@@ -203,14 +217,18 @@ def time_round_robin(
             block = _block(route)
             # The first call after another route runs on cold caches and re-mapped pages (the
             # one after vmap(jacfwd) took 10-15 % longer, a Hessian of 0.5-1.7 s right after
-            # vmap(hessian)'s gigabytes 15-60 % longer): a route of up to 2 s gets an untimed
-            # call first; for a slower one the cost is a few per cent of its time.
-            if not times[name] or min(times[name]) < 2.0:
+            # vmap(hessian)'s gigabytes 15-60 % longer): a route of up to WARM_CALL_S gets an
+            # untimed call first. Rotating the rounds keeps each route's predecessor (the order
+            # is cyclic), so without that call the penalty stays on one route.
+            if not times[name] or min(times[name]) < WARM_CALL_S:
                 block(fn())
             t0 = time.perf_counter()
             block(fn())
             times[name].append(time.perf_counter() - t0)
-            done = len(times[name]) >= repeats
+            n = len(times[name])
+            done = n >= repeats and (
+                sum(times[name]) >= MIN_TIMED_S or n >= MAX_CALLS_FACTOR * repeats
+            )
             spent = len(times[name]) >= min_repeats and sum(times[name]) > budget_s
             if done or spent:
                 active.remove(name)
@@ -685,9 +703,11 @@ def write_markdown(path: Path, data: dict) -> None:
         f"{peak['gflops_float64']:.0f} GFLOP/s float64 (2048³ `jnp.dot`, fastest call, the "
         f"better of the run's start and end); copy "
         f"{peak['copy_gbps']:.1f} GB/s (read + fresh write).",
-        f"- {data['repeats']} timed calls per route after warm-up, round-robin over the routes "
-        f"of a task (fewer where a route exceeds {data['route_budget_s']:g} s in all); results "
-        "checked against float64 before timing.",
+        f"- {data['repeats']} timed calls per route after warm-up, or as many as add up to "
+        f"{MIN_TIMED_S:g} s (at most {MAX_CALLS_FACTOR * data['repeats']}), round-robin over the "
+        f"routes of a task, each after an untimed call where it takes under {WARM_CALL_S:g} s "
+        f"(fewer where a route exceeds {data['route_budget_s']:g} s in all); results checked "
+        "against float64 before timing.",
         "",
         "Columns: `compile s` = first call - median; `median ms` and the interquartile range; "
         "`vs naive` = best naive JAX median / this median and `vs torch` = best torch.func "
