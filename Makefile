@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Two workers: the suite is dominated by XLA compilations, which run one per process.
 PYTEST_ARGS ?= -n 2
 
-.PHONY: demo test lint format bench bench-quick clean
+.PHONY: demo test lint format bench bench-targets bench-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,10 +46,16 @@ format: $(VENV)/.installed-test
 	$(BIN)/ruff format jaxjac tests benchmarks
 	$(BIN)/ruff check --fix jaxjac tests benchmarks
 
-# The full grid behind benchmarks/RESULTS.md (about 70 minutes on 2 cores); peak-RSS probes of
+# The full grid behind benchmarks/RESULTS.md (about 85 minutes on 2 cores); peak-RSS probes of
 # every route are `python -m benchmarks.run --memory all` (several hours).
 bench: $(VENV)/.installed-bench
 	$(BIN)/python -m benchmarks.run --memory target --route-budget-s 8
+
+# The issue-5 target rows alone (both nets, float32, B = 256, Jacobian and Hessian; about 6
+# minutes), with more calls a route than the full grid: into benchmarks/targets/.
+bench-targets: $(VENV)/.installed-bench
+	$(BIN)/python -m benchmarks.run --net small wide --batch 256 --dtype float32 \
+		--task jacobian hessian --route-budget-s 20 --memory none --out benchmarks/targets
 
 # The small net, float32, B = 256 (under 3 minutes): into benchmarks/quick/, so the committed
 # full-grid results stay as they are.
