@@ -11,9 +11,11 @@ Protocol, per workload (net, batch, dtype) and task:
    result is checked against the reference (dtype, shapes, ``max|got - ref| / max|ref|`` within
    ``4 sqrt(eps)``) *before* any timing counts; then warm-up calls. When every route of the
    task is ready, they are timed together, round-robin (one call of each route per round, up to
-   ``--repeats`` rounds), each call ending in ``jax.block_until_ready`` (torch on CPU is
-   synchronous): a drift of the machine's speed hits every route alike. Reported: median and
-   the interquartile range, min and max; ``compile s`` = first call - median run.
+   ``--repeats`` rounds, more for a route of a few ms: ``MIN_TIMED_S``), each timed call after
+   an untimed one for routes under ``WARM_CALL_S`` and ending in ``jax.block_until_ready``
+   (torch on CPU is synchronous): a drift of the machine's speed hits every route alike.
+   Reported: median and the interquartile range, min and max; ``compile s`` = first call -
+   median run.
 4. Matmul peak in the same run: ``jit(jnp.dot)`` on 2048x2048 float32 and float64, ``2 n³`` FLOPs,
    the fastest of several calls, at the start and at the end of the run (the larger counts); and
    the bandwidth of ``jit(lambda a: 2 a)`` on 256 MiB (read + fresh write), for write-bound tasks.
@@ -217,9 +219,9 @@ def time_round_robin(
             block = _block(route)
             # The first call after another route runs on cold caches and re-mapped pages (the
             # one after vmap(jacfwd) took 10-15 % longer, a Hessian of 0.5-1.7 s right after
-            # vmap(hessian)'s gigabytes 15-60 % longer): a route of up to WARM_CALL_S gets an
-            # untimed call first. Rotating the rounds keeps each route's predecessor (the order
-            # is cyclic), so without that call the penalty stays on one route.
+            # vmap(hessian)'s gigabytes 15-60 % longer), so a route of up to WARM_CALL_S gets
+            # an untimed call first. Rotating the rounds keeps each route's predecessor (the
+            # order is cyclic): without that call the penalty would stay on one route.
             if not times[name] or min(times[name]) < WARM_CALL_S:
                 block(fn())
             t0 = time.perf_counter()
