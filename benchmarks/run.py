@@ -182,9 +182,10 @@ def prepare_route(route: W.Route, wl: W.Workload, ref: list) -> tuple[Any, dict]
 
 
 # Routes up to this long get an untimed call before each timed one. At 2 s, the wide net's
-# Hessian (jaxjac auto and the closed form, 2.05-2.33 s, on this session's 2-core Zen 4 EPYC)
-# went without it, and its first call right after vmap(hessian) took 2.85-3.19 s: with the
-# 4 calls such a route gets, one of those moves its median.
+# Hessian (jaxjac auto and the closed form, 2.05-2.33 s in float32 on this session's 2-core
+# Zen 4 EPYC) went without it: two of its three calls right after vmap(hessian) took
+# 2.85-3.19 s (the others 2.05-2.33 s), and in float64 two of three took 4.97-5.42 s (the
+# others 3.62-4.50 s).
 WARM_CALL_S = 5.0
 # A route of a few ms is timed until its calls add up to this much (at most MAX_CALLS_FACTOR x
 # repeats calls): 10 calls of the small net's 7 ms Jacobian spanned a tenth of a second, and
