@@ -3,6 +3,7 @@
 Each fake route advances the clock by its own duration per call, so the number of calls the
 harness makes follows from its rule alone: repeats, the 1 s minimum for fast routes (capped),
 the route budget, and an untimed call before each timed one for routes under ``WARM_CALL_S``.
+Importing ``benchmarks.run`` turns x64 on, which ``conftest.py`` has already done.
 """
 
 import types
