@@ -228,11 +228,9 @@ def time_round_robin(
             t0 = time.perf_counter()
             block(fn())
             times[name].append(time.perf_counter() - t0)
-            n = len(times[name])
-            done = n >= repeats and (
-                sum(times[name]) >= MIN_TIMED_S or n >= MAX_CALLS_FACTOR * repeats
-            )
-            spent = len(times[name]) >= min_repeats and sum(times[name]) > budget_s
+            n, total = len(times[name]), sum(times[name])
+            done = n >= repeats and (total >= MIN_TIMED_S or n >= MAX_CALLS_FACTOR * repeats)
+            spent = n >= min_repeats and total > budget_s
             if done or spent:
                 active.remove(name)
     out = {}
