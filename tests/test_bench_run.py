@@ -1,11 +1,13 @@
-"""The benchmark harness's timing rule (benchmarks/run.py), on a simulated clock.
+"""The benchmark harness (benchmarks/run.py): its timing rule, and what it records of the run.
 
-Each fake route advances the clock by its own duration per call, so the number of calls the
-harness makes follows from its rule alone: repeats, the 1 s minimum for fast routes (capped),
-the route budget, and an untimed call before each timed one for routes under ``WARM_CALL_S``.
-Importing ``benchmarks.run`` turns x64 on, which ``conftest.py`` has already done.
+The timing rule runs on a simulated clock. Each fake route advances the clock by its own
+duration per call, so the number of calls the harness makes follows from its rule alone:
+repeats, the 1 s minimum for fast routes (capped), the route budget, and an untimed call before
+each timed one for routes under ``WARM_CALL_S``. Importing ``benchmarks.run`` turns x64 on,
+which ``conftest.py`` has already done.
 """
 
+import subprocess
 import types
 
 import pytest
@@ -55,3 +57,72 @@ def test_every_timed_call_of_a_warm_route_follows_its_own_untimed_call(clock):
     pairs = list(zip(calls[::2], calls[1::2], strict=True))
     assert all(first == second for first, second in pairs)
     assert len(pairs) == 100 + 10 + 10
+
+
+# --- what a run records about the machine and the code ---------------------------------------
+
+_CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 26
+model\t\t: 2
+model name\t: AMD EPYC
+flags\t\t: fpu avx512f
+
+processor\t: 1
+cpu family\t: 25
+model\t\t: 17
+model name\t: Other CPU
+"""
+
+
+def test_cpu_identity_reads_the_first_processor():
+    assert R.cpu_identity(_CPUINFO) == {"cpu": "AMD EPYC", "family": "26", "model": "2"}
+    assert R.cpu_identity("model name\t: X\n") == {"cpu": "X", "family": None, "model": None}
+
+
+def test_cpu_caches_reads_data_and_unified_caches(tmp_path):
+    for i, (level, kind, size) in enumerate(
+        [("1", "Data", "48K"), ("1", "Instruction", "32K"), ("2", "Unified", "1024K"),
+         ("3", "Unified", "32M")]
+    ):  # fmt: skip
+        d = tmp_path / f"index{i}"
+        d.mkdir()
+        (d / "level").write_text(level + "\n")
+        (d / "type").write_text(kind + "\n")
+        (d / "size").write_text(size + "\n")
+    assert R.cpu_caches(tmp_path) == {"L1d": 48 * 2**10, "L2": 2**20, "L3": 32 * 2**20}
+    assert R.cpu_caches(tmp_path / "absent") == {}
+
+
+def test_the_header_names_the_cpu_generation_and_caches():
+    m = {"cpu_family": "26", "cpu_model": "2", "caches": {"L1d": 48 * 2**10, "L2": 2**20}}
+    assert R._describe_cpu(m) == " (family 26, model 2; caches of a core: L1d 48 KiB, L2 1 MiB)"
+    assert R._describe_cpu({}) == ""  # results recorded before these fields
+
+
+def _git(repo, *args):
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args],
+        cwd=repo,
+        check=True,
+        capture_output=True,
+    )
+
+
+def test_git_revision_records_the_commit_and_uncommitted_changes(tmp_path):
+    assert R.git_revision(tmp_path) is None  # not a checkout
+    _git(tmp_path, "init", "-q")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    _git(tmp_path, "add", "code.py")
+    _git(tmp_path, "commit", "-q", "-m", "first")
+    sha = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert R.git_revision(tmp_path) == {"commit": sha, "dirty": False}
+    (tmp_path / "results.json").write_text("{}")  # untracked output: the code is unchanged
+    assert R.git_revision(tmp_path) == {"commit": sha, "dirty": False}
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert R.git_revision(tmp_path) == {"commit": sha, "dirty": True}
+    assert R._describe_git(R.git_revision(tmp_path)) == (
+        f"jaxjac at commit {sha[:12]}, with uncommitted changes to tracked files"
+    )
