@@ -360,6 +360,10 @@ def _jj_hessian(wl):
     return lambda: jj.batch_input_hessian(net, wl.params, wl.xs)
 
 
+def _jj_hessian_into(wl):
+    return lambda out: jj.batch_input_hessian(net, wl.params, wl.xs, out=out)
+
+
 def _jj_laplacian(wl):
     return lambda: jj.batch_laplacian(functools.partial(net, wl.params), wl.xs)
 
@@ -606,6 +610,7 @@ def routes(task: str) -> list[Route]:
         ],
         "hessian": [
             Route("jaxjac auto", "jaxjac", _jj_hessian, big(1)),
+            Route("jaxjac auto, out=", "jaxjac", _into(_jj_hessian_into), big(1)),
             Route("closed form", "closed", _cf("mlp_hessian"), _mem_out("hessian", 4)),
             Route("vmap(hessian)", "naive", _call(naive_hessian, "params", "xs"), big(1)),
             Route("torch vmap(hessian)", "torch", _torch("hessian"), big(1.8), _torch_leaves),

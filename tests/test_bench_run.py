@@ -126,3 +126,43 @@ def test_git_revision_records_the_commit_and_uncommitted_changes(tmp_path):
     assert R._describe_git(R.git_revision(tmp_path)) == (
         f"jaxjac at commit {sha[:12]}, with uncommitted changes to tracked files"
     )
+
+
+def test_target_ratios_are_rounded_down_so_a_miss_never_reads_as_the_threshold():
+    assert R._fmt_ratio(2.08 / 2.20) == "0.94"  # 0.945 against the 0.95 target: a FAIL
+    assert R._fmt_ratio(0.29) == "0.29"  # 0.29 * 100 is 28.999... in binary
+    assert R._fmt_ratio(4.0) == "4.00"
+    assert R._fmt_ratio(None) == "-"
+    assert R._fmt_ratio(float("nan")) == "-"
+
+
+def _record(route: str, family: str, seconds: float, floor_s: float = 0.45) -> dict:
+    return {
+        "net": "wide",
+        "task": "hessian",
+        "route": route,
+        "family": family,
+        "batch": R.TARGET_BATCH,
+        "dtype": R.TARGET_DTYPE,
+        "status": "ok",
+        "median_s": seconds,
+        "floor_s": floor_s,
+    }
+
+
+def test_hessian_targets_are_judged_with_and_without_out():
+    records = [
+        _record("jaxjac auto", "jaxjac", 1.0),
+        _record("jaxjac auto, out=", "jaxjac", 0.8),
+        _record("vmap(hessian)", "naive", 3.6),
+        _record("torch vmap(hessian)", "torch", 9.0),
+    ]
+    rows = {(t["route"], t["target"]): t for t in R.evaluate_targets(records, {})}
+    fresh = rows[("jaxjac auto", "≥ 4x faster than vmap(hessian)")]
+    reused = rows[("jaxjac auto, out=", "≥ 4x faster than vmap(hessian)")]
+    assert (fresh["ratio"], fresh["status"]) == (pytest.approx(3.6), "FAIL")
+    assert (reused["ratio"], reused["status"]) == (pytest.approx(4.5), "PASS")
+    floor = rows[("jaxjac auto, out=", "within 2x of the FLOP floor")]
+    assert (floor["ratio"], floor["status"]) == (pytest.approx(0.45 / 0.8), "PASS")
+    assert rows[("jaxjac auto", "within 2x of the FLOP floor")]["status"] == "FAIL"
+    assert rows[("jaxjac auto, out=", "≥ 8x faster than torch")]["status"] == "PASS"  # 11.25x

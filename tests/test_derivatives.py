@@ -324,6 +324,34 @@ def test_second_call_with_same_shapes_does_not_retrace():
     assert len(traces) > first
 
 
+def test_default_batched_calls_plan_while_tracing_only(monkeypatch):
+    from jaxjac import planner
+
+    plans = []
+    real_plan = planner.plan
+    monkeypatch.setattr(planner, "plan", lambda *a, **k: plans.append(a[0]) or real_plan(*a, **k))
+
+    def f(params, x):  # a function of its own: nothing compiled for it yet
+        return jj.mlp_apply(params, x, "tansig")
+
+    params = jj.mlp_init(jax.random.key(0), [3, 4, 2], dtype=F64)
+    xs = jax.random.normal(jax.random.key(1), (5, 3), F64)
+    for helper in (jj.batch_input_jacobian, jj.batch_input_hessian, jj.batch_weight_jacobian):
+        plans.clear()
+        first = helper(f, params, xs)
+        assert len(plans) == 1, helper.__name__  # planned once, while tracing
+        again = helper(f, params, xs + 1.0)  # same shapes: one compiled dispatch
+        assert len(plans) == 1, helper.__name__
+        # The same plan as the planning path (a chunk size of the whole batch takes that path).
+        assert_close(first, helper(f, params, xs, chunk_size=5), 0.0)
+        assert_close(again, helper(f, params, xs + 1.0, chunk_size=5), 0.0)
+        assert len(plans) == 3, helper.__name__  # that path plans on every call
+    with pytest.raises(ValueError, match="mode must be 'auto', 'fwd', 'rev'"):
+        jj.batch_input_jacobian(f, params, xs, mode="backwards")  # refused while tracing
+    with pytest.raises(ValueError, match=r"positive integer or None, got 5\.0$"):
+        jj.batch_input_jacobian(f, params, xs, chunk_size=5.0)  # after chunk_size=5 ran
+
+
 def _retraces(run, args, same_shapes, new_shapes, traces):
     """Trace counts of ``run`` on first call, on new values of the same shapes, on new shapes."""
     traces.clear()
