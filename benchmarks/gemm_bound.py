@@ -2,23 +2,26 @@ r"""How long the closed-form Hessian's GEMMs take on their own: a bound for its 
 
 The FLOP floor of RESULTS.md divides the FLOP count by the 2048³ matmul peak. The closed-form
 Hessian (:func:`jaxjac.closed_form.mlp_hessian`) cannot run its GEMMs at that shape: it works in
-row steps that keep each step's Jacobians in cache, and its per-example contractions
+row steps that keep each step's Jacobians in cache (or chunks that give its shared-weight
+GEMMs enough rows), and its per-example contractions
 ``Jzᵀ diag(c) Jz`` are GEMMs with an output dimension of ``n_in``. This module lists every GEMM
 the closed form runs on a batch, with the shapes and counts it really uses (read from
 ``jaxjac.closed_form``'s step sizes), times each on its own with its operands resident (the
 fastest of ``repeats`` calls, less the dispatch cost of a trivial call), and sums them:
 
 * forward pass:      ``(R, s_{l-1}) @ (s_{l-1}, s_l)`` for every layer, ``B / R`` times;
-* ``Jz_l``:          ``(R n_in, s_{l-1}) @ (s_{l-1}, s_l)`` for ``l = 2 … n-1``;
+* ``Jz_l``:          ``(R n_in, s_{l-1}) @ (s_{l-1}, s_l)`` for ``l = 2 … n-1`` (in front-end
+  chunks ``(e n_in, s_{l-1}) @ (s_{l-1}, s_l)``, ``B / e`` times);
 * adjoints ``δ_l``:  ``(R n_out, s_l) @ (s_l, s_{l-1})`` for ``l = n-1 … 2``;
 * layer 1, packed:   ``(R n_out, s_1) @ (s_1, n_in (n_in + 1) / 2)``;
 * contraction:       the upper-triangle row blocks of ``(e, n_out, n_in, H) x (e, n_in, H)``
   for ``e`` examples at a time, ``B / e`` times: ``H = s_2 + … + s_{n-1}`` where the deep
   layers are joined, else one such GEMM for each deep layer with ``H = s_l``,
 
-with ``R`` rows per step and ``e`` examples per contraction step. Everything else the closed
-form does (activations, the scaling ``c ⊙ Jz`` that feeds the contraction, the packed term's
-gather) is left out, so the sum is a lower bound on the closed form's time with XLA's GEMMs.
+with ``R`` rows per step (or front-end chunk) and ``e`` examples per contraction step.
+Everything else the closed form does (activations, the scaling ``c ⊙ Jz`` that feeds the
+contraction, the packed term's gather) is left out, so the sum is a lower bound on the closed
+form's time with XLA's GEMMs.
 """
 
 from __future__ import annotations
@@ -45,14 +48,20 @@ def hessian_gemms(sizes: list[int], batch: int, itemsize: int) -> list[dict]:
         {"W": np.empty((b, a), np.dtype(f"f{itemsize}"))} for a, b in itertools.pairwise(sizes)
     ]
     n, n_in, n_out = len(sizes) - 1, sizes[0], sizes[-1]
-    rows = closed_form._hessian_step_rows(params, batch, itemsize) or batch
+    rows, chunked = closed_form._hessian_layout(params, batch, itemsize)
+    rows = rows or batch
     steps = -(-batch // rows)
+    deep = sizes[2:-1]
+    joined, step = closed_form._contraction_layout(n_out, n_in, deep or [1], itemsize)
+    step = min(rows, step)
+    # In front-end chunks Jz_l is formed per contraction step of ``step`` examples.
+    jz_rows, jz_calls = (step, -(-batch // step)) if chunked else (rows, steps)
     out = [
         {"name": "forward", "shape": (rows, sizes[i - 1], sizes[i]), "calls": steps}
         for i in range(1, n + 1)
     ]
     out += [
-        {"name": "Jz", "shape": (rows * n_in, sizes[i - 1], sizes[i]), "calls": steps}
+        {"name": "Jz", "shape": (jz_rows * n_in, sizes[i - 1], sizes[i]), "calls": jz_calls}
         for i in range(2, n)
     ]
     out += [
@@ -69,10 +78,7 @@ def hessian_gemms(sizes: list[int], batch: int, itemsize: int) -> list[dict]:
     for g in out:
         m, k, nn = g["shape"]
         g["flops"] = 2 * m * k * nn
-    deep = sizes[2:-1]
     if deep:
-        joined, step = closed_form._contraction_layout(n_out, n_in, deep, itemsize)
-        step = min(rows, step)
         blocks = closed_form._symmetric_blocks(n_in)
         for h in [sum(deep)] if joined else deep:
             out.append(

@@ -324,12 +324,47 @@ def test_contraction_layout_joins_layers_while_they_fit():
 
 def test_hessian_row_steps_match(monkeypatch):
     # A budget of 3 rows' Jacobians runs the whole Hessian pipeline in steps of 3 rows; 7 is not
-    # a multiple, so the last step is moved back over rows already done.
+    # a multiple, so the last step is moved back over rows already done. Every step's front-end
+    # GEMMs have 3 n_out = 6 rows, counted as wide enough here.
     params, xs, _ = _network(3, sizes=[5, 8, 7, 6, 2], batch=7)
     monkeypatch.setattr(closed_form_module, "_HESSIAN_STEP_BYTES", 3 * 5 * 8 * 8)
-    assert closed_form_module._hessian_step_rows(params, 7, 8) == 3
+    monkeypatch.setattr(closed_form_module, "_HESSIAN_SKINNY_ROWS", 6)
+    assert closed_form_module._hessian_layout(params, 7, 8) == (3, False)
     got = closed_form_module._hessian(params, xs, jj.get_activation("tansig"))
     assert_close(got, _autodiff(params, xs, "tansig")["hessian"], REQUIRED_RTOL)
+
+
+@pytest.mark.parametrize("contraction_examples", [2, 5])
+def test_hessian_front_end_chunks_match(monkeypatch, contraction_examples):
+    # Steps of 1 row give the front end 2 GEMM rows, fewer than 3: it runs in chunks of 3 rows
+    # instead (ceil(3 / n_out) = 2 rows for the GEMMs, 3 by the byte budget), balanced over 8
+    # rows (3, 3, then 3 moved back by 1), and Jz_l is formed within the contraction's steps of
+    # 2 examples (3 is not a multiple: a remainder) or of the whole chunk.
+    params, xs, _ = _network(4, sizes=[5, 8, 7, 6, 2], batch=8)
+    per_row = 8 * ((3 + 2 * 2) * (8 + 7 + 6) + 2 * 5 * 6 // 2)
+    monkeypatch.setattr(closed_form_module, "_HESSIAN_STEP_BYTES", 1)
+    monkeypatch.setattr(closed_form_module, "_HESSIAN_SKINNY_ROWS", 3)
+    monkeypatch.setattr(closed_form_module, "_HESSIAN_CHUNK_ROWS", 3)
+    monkeypatch.setattr(closed_form_module, "_HESSIAN_CHUNK_BYTES", 3 * per_row)
+    budget = contraction_examples * 2 * 5 * (7 + 6) * 8
+    monkeypatch.setattr(closed_form_module, "_CONTRACTION_BYTES", budget)
+    assert closed_form_module._hessian_layout(params, 8, 8) == (3, True)
+    assert closed_form_module._contraction_layout(2, 5, [7, 6], 8) == (True, contraction_examples)
+    got = closed_form_module._hessian(params, xs, jj.get_activation("tansig"))
+    assert_close(got, _autodiff(params, xs, "tansig")["hessian"], REQUIRED_RTOL)
+    assert_close(got, jnp.swapaxes(got, -1, -2), exact_rtol(F64), what="symmetry")
+
+
+def test_hessian_layout_chunks_only_skinny_steps():
+    # float32, B = 256: the wide net's steps of 4 rows give 64-row front-end GEMMs, so it runs in
+    # chunks of 32 rows (512 GEMM rows); the small net's steps of 32 rows (256) stay; a batch
+    # within one step runs in one pass either way.
+    wide = [{"W": np.empty((b, a), np.float32)} for a, b in [(128, 512), (512, 512), (512, 16)]]
+    small = [{"W": np.empty((b, a), np.float32)} for a, b in [(32, 256), (256, 256), (256, 8)]]
+    assert closed_form_module._hessian_layout(wide, 256, 4) == (32, True)
+    assert closed_form_module._hessian_layout(wide, 4, 4) == (None, False)
+    assert closed_form_module._hessian_layout(small, 256, 4) == (32, False)
+    assert closed_form_module._hessian_layout(small, 300, 4) == (30, False)  # 10 even steps
 
 
 def test_chunked_laplacian_matches(monkeypatch):
