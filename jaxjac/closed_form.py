@@ -208,15 +208,17 @@ def _output_adjoints(params, d1, batch):
 # The Hessian runs in steps of rows whose (rows, n_in, h) pre-activation Jacobians are near
 # _HESSIAN_STEP_BYTES, so the whole pipeline of one step (forward pass, Jz_l, adjoints,
 # contraction) works in cache instead of streaming batch-sized intermediates through memory.
-# Measured on [32, 256, 256, 256, 8] (2-core Xeon, 2 MiB L2 a core): 1.2x faster at B = 256
-# and 1.5x at B = 4096 in float32 (steps of 32 rows), 1.4-1.5x in float64 (16 rows); steps of
-# twice that were 1.1-1.3x slower than these. Within a step the contraction runs a few
-# examples at a time, its (n_out, n_in, h) intermediates near _CONTRACTION_BYTES: on a 2-core
-# AMD EPYC (1 MiB L2 a core, 32 MiB L3) 1.1-1.2x faster than 16 MiB on the small net at
-# B = 256 and 4096, float32 and float64 (8 examples a sub-step in float32; 2-8 MiB were
-# level, 1 MiB slower). Far above that, past glibc's 32 MiB mmap threshold, temporaries are
-# mapped afresh and page-faulted on every call (a 50 MB one made the contraction of 4
-# examples of the wide net 1.5x slower).
+# Measured on [32, 256, 256, 256, 8] (2-core Xeon, 2 MiB L2 a core): 1.2x faster at B = 256 and
+# 1.5x at B = 4096 in float32 (steps of 32 rows), 1.4-1.5x in float64 (16 rows); steps of twice
+# that were 1.1-1.3x slower than these. Within a step the contraction runs a few examples at a
+# time, its (n_out, n_in, h) intermediates near _CONTRACTION_BYTES: on a 2-core AMD EPYC (1 MiB L2
+# a core, 32 MiB L3) 1.1-1.2x faster than 16 MiB on the small net at B = 256 and 4096, float32 and
+# float64 (8 examples a sub-step in float32; 2-8 MiB were level, 1 MiB slower). Since every step
+# writes into the output in place (see _hessian), 8 MiB beat 4 on a 2-core Xeon (2 MiB L2 a core):
+# 1.07x on the small net (16 examples a step in float32) and 1.04x on the wide one (2 examples) at
+# B = 256, float32. Far above that, past glibc's 32 MiB mmap threshold, temporaries are mapped
+# afresh and page-faulted on every call (a 50 MB one made the contraction of 4 examples of the
+# wide net 1.5x slower).
 #
 # A step's front end (forward pass, adjoints δ_l, layer 1's packed term) multiplies its rows by
 # weights every row shares: the adjoint and packed GEMMs have rows·n_out rows. A step that gives
@@ -224,8 +226,10 @@ def _output_adjoints(params, d1, batch):
 # adjoints at 220-275 GFLOP/s, 4-row forward GEMMs at 49-76, where the machine peaks at 450), so
 # the Hessian then runs in chunks whose front end has _HESSIAN_CHUNK_ROWS GEMM rows (or
 # _HESSIAN_CHUNK_BYTES of intermediates, if more), and Jz_l is formed within the contraction's
-# steps of a few examples instead. Medians of per-round ratios against the steps alone, 2-core
-# AMD EPYC (Zen 5, 1 MiB L2 a core):
+# steps of a few examples instead (also when the whole batch is one such step: at B = 4 the
+# wide net ran 1.06x faster so than with Jz_l formed for all 4 examples at once, on a 2-core
+# Xeon). Medians of per-round ratios against the steps alone, 2-core AMD EPYC (Zen 5, 1 MiB
+# L2 a core):
 # [128, 512, 512, 512, 512, 16] (steps of 4 rows in float32, 2 in float64; chunks of 32) ran
 # 1.08-1.17x faster at B = 256 in float32, 1.15x in float64, 1.10x at B = 4096; chunks of 24
 # to 256 rows were all 1.05-1.11x. [32, 256, 256, 256, 8] keeps its steps: chunked it read
@@ -235,7 +239,7 @@ _HESSIAN_STEP_BYTES = 2**20
 _HESSIAN_SKINNY_ROWS = 128
 _HESSIAN_CHUNK_ROWS = 512
 _HESSIAN_CHUNK_BYTES = 8 * 2**20
-_CONTRACTION_BYTES = 4 * 2**20
+_CONTRACTION_BYTES = 8 * 2**20
 
 
 def _hessian_layout(params, batch: int, itemsize: int) -> tuple[int | None, bool]:
@@ -249,7 +253,7 @@ def _hessian_layout(params, batch: int, itemsize: int) -> tuple[int | None, bool
     n_in, n_out = params[0]["W"].shape[1], params[-1]["W"].shape[0]
     width = max(layer["W"].shape[0] for layer in params[:-1]) if len(params) > 1 else 1
     rows = max(1, _HESSIAN_STEP_BYTES // (n_in * width * itemsize))
-    chunked = rows * n_out < _HESSIAN_SKINNY_ROWS and rows < batch
+    chunked = rows * n_out < _HESSIAN_SKINNY_ROWS
     if chunked:
         hidden = sum(layer["W"].shape[0] for layer in params[:-1])
         per_row = itemsize * ((3 + 2 * n_out) * hidden + n_out * n_in * (n_in + 1) // 2)
@@ -296,8 +300,10 @@ def _contract(zts: list[jax.Array], cs: list[jax.Array], base: jax.Array) -> jax
         base: ``(b, n_out, n_in, n_in)``, symmetric in the last two axes.
 
     Each entry of ``zts`` is a GEMM of its own, accumulated. Only the row blocks of the upper
-    triangle are multiplied (the lower ones are their transposes, added in place): with 2
-    blocks 3/4 of the full product, with 4 blocks 5/8.
+    triangle are multiplied (with 2 blocks 3/4 of the full product, with 4 blocks 5/8); one
+    elementwise pass then lays them out and mirrors them below the diagonal blocks. Adding each
+    block and its transpose into ``base`` in place instead took 8 passes over slices of it:
+    on the wide net (4 blocks) 0.5 ms of the 3.8 ms an example, with one core idle.
     """
     n_in = zts[0].shape[1]
 
@@ -311,60 +317,82 @@ def _contract(zts: list[jax.Array], cs: list[jax.Array], base: jax.Array) -> jax
     blocks = _symmetric_blocks(n_in)
     if len(blocks) == 1:
         return base + rows(0, n_in)
-    for lo, hi in blocks:  # added in place: block rows lo:hi, and their transpose below them
-        top = rows(lo, hi)
-        base = base.at[:, :, lo:hi, lo:].add(top)
-        base = base.at[:, :, hi:, lo:hi].add(jnp.swapaxes(top[..., hi - lo :], -1, -2))
-    return base
+    pad = ((0, 0), (0, 0), (0, 0))
+    upper = jnp.concatenate([jnp.pad(rows(lo, hi), (*pad, (lo, 0))) for lo, hi in blocks], axis=2)
+    block_of = np.repeat(np.arange(len(blocks)), [hi - lo for lo, hi in blocks])
+    computed = block_of[:, None] <= block_of[None, :]  # (i, j) in or right of i's diagonal block
+    return base + jnp.where(computed, upper, jnp.swapaxes(upper, -1, -2))
 
 
 def _hessian(params, x, act):
+    """The closed-form Hessian of ``x`` ``(B, n_in)``: ``(B, n_out, n_in, n_in)``.
+
+    The batch runs in blocks of rows (see ``_hessian_layout``), each block's contraction in
+    steps of a few examples (``_contraction_layout``), and every step writes its examples into
+    the output in place. Stacking the steps of a block first (``lax.map``) and then the blocks
+    (``map_chunks``) wrote the result twice more. With the contraction's single assembly pass
+    and 8 MiB contraction steps as well, against stacking (2-core Xeon, 2 MiB L2 a core,
+    medians of paired rounds): the wide net [128, 512, 512, 512, 512, 16] ran 1.18x faster at
+    B = 256 in float32 (1046 ms against 1240), 1.11x in float64, 1.14x at B = 4096; the small
+    net [32, 256, 256, 256, 8] 1.12x at B = 256 in float32 (31.1 ms against 35.4), 1.13x in
+    float64, 1.14x at B = 4096. The stacking alone cost the wide net 4 %.
+    A block or step that does not divide its parent is moved back to end at the last row,
+    recomputing a few rows instead of running a remainder program.
+    """
     params = _promoted(params, x)
-    rows, chunked = _hessian_layout(params, x.shape[0], params[0]["W"].dtype.itemsize)
-    return map_chunks(lambda b: _hessian_rows(params, b, act, jz_per_step=chunked), x, rows)
-
-
-def _hessian_rows(params, x, act, *, jz_per_step=False):
-    fw = _forward(params, x, act, second=True)
     batch, n_in = x.shape
     n_out = params[-1]["W"].shape[0]
     if len(params) == 1:
         return jnp.zeros((batch, n_out, n_in, n_in), x.dtype)
-    deltas = _output_adjoints(params, fw.d1, batch)
-    cs = [delta * s2[:, None, :] for delta, s2 in zip(deltas, fw.d2, strict=True)]  # σ'' ⊙ δ
-    # Layer 1: Jz_1 = W_1 is shared by all examples, so H_1[b,k] = Σ_h c[b,k,h] W_1[h]ᵀ W_1[h]
-    # is one large GEMM against the packed upper triangle of the outer products W_1[h] W_1[h]ᵀ.
-    w1 = params[0]["W"]
+    rows, chunked = _hessian_layout(params, batch, params[0]["W"].dtype.itemsize)
+    rows = rows or batch
     iu, ju = np.triu_indices(n_in)
-    packed = _mm(cs[0], w1[:, iu] * w1[:, ju])  # (B, n_out, n_in (n_in + 1) / 2)
     pair = np.zeros((n_in, n_in), np.int32)
     pair[iu, ju] = pair[ju, iu] = np.arange(iu.size)
     if len(params) == 2:
-        return packed[:, :, pair]
-    # Deeper layers differ per example: contracted a few examples per step.
+        return map_chunks(lambda b: _hessian_front(params, b, act)[2][:, :, pair], x, rows)
     joined, step = _contraction_layout(
         n_out, n_in, [layer["W"].shape[0] for layer in params[1:-1]], x.dtype.itemsize
     )
+    step = min(step, rows)
 
-    def contract_all(zts, cs, packed):
-        if joined:
-            zts, cs = [jnp.concatenate(zts, axis=-1)], [jnp.concatenate(cs, axis=-1)]
-        return _contract(zts, cs, packed[:, :, pair])
+    def block(i, out):
+        start = jnp.minimum(i * rows, batch - rows)
+        d1, cs, packed = _hessian_front(params, jax.lax.dynamic_slice_in_dim(x, start, rows), act)
+        # Jz_l differs per example: formed here for the whole block, or in each step (chunks).
+        lead = d1 if chunked else _input_side(params, d1)[1:]
 
-    # Jz_l differs per example: formed here for the whole step, or within each contraction step.
-    lead = fw.d1 if jz_per_step else _input_side(params, fw.d1)[1:]
+        def contraction_step(j, out):
+            first = jnp.minimum(j * step, rows - step)
+            lead_j, cs_j, packed_j = jax.tree_util.tree_map(
+                lambda a: jax.lax.dynamic_slice_in_dim(a, first, step), (lead, cs, packed)
+            )
+            zts = _input_side(params, lead_j)[1:] if chunked else lead_j
+            if joined:
+                zts, cs_j = [jnp.concatenate(zts, axis=-1)], [jnp.concatenate(cs_j, axis=-1)]
+            hess = _contract(zts, cs_j, packed_j[:, :, pair])
+            return jax.lax.dynamic_update_slice_in_dim(out, hess, start + first, 0)
 
-    def one_step(lead, cs, packed):  # lead: σ' of every hidden layer, or Jz_l of the deep ones
-        return contract_all(_input_side(params, lead)[1:] if jz_per_step else lead, cs, packed)
+        return jax.lax.fori_loop(0, -(-rows // step), contraction_step, out)
 
-    args = (lead, cs[1:], packed)
-    if step >= batch:
-        return one_step(*args)
+    out = jnp.zeros((batch, n_out, n_in, n_in), x.dtype)
+    return jax.lax.fori_loop(0, -(-batch // rows), block, out)
 
-    def one_example(args):  # lax.map vmaps ``step`` examples at a time over one example
-        return one_step(*jax.tree_util.tree_map(lambda a: a[None], args))[0]
 
-    return jax.lax.map(one_example, args, batch_size=step)
+def _hessian_front(params, x, act):
+    """A block's shared-weight work: ``(σ'(z_l), c_l for l ≥ 2, layer 1's packed term)``.
+
+    ``c_l = σ''(z_l) ⊙ δ_l`` is ``(B, n_out, h_l)``. Layer 1's ``Jz_1 = W_1`` is shared by all
+    examples, so ``H_1[b,k] = Σ_h c_1[b,k,h] W_1[h]ᵀ W_1[h]`` is one large GEMM against the
+    packed upper triangle of the outer products ``W_1[h] W_1[h]ᵀ``: ``(B, n_out, n_in (n_in +
+    1) / 2)``.
+    """
+    fw = _forward(params, x, act, second=True)
+    deltas = _output_adjoints(params, fw.d1, x.shape[0])
+    cs = [delta * s2[:, None, :] for delta, s2 in zip(deltas, fw.d2, strict=True)]
+    w1 = params[0]["W"]
+    iu, ju = np.triu_indices(x.shape[1])
+    return fw.d1, cs[1:], _mm(cs[0], w1[:, iu] * w1[:, ju])
 
 
 def _weight_jacobian(params, x, act):

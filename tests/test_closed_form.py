@@ -315,11 +315,11 @@ def test_layer_by_layer_contraction_matches(monkeypatch, n_in):
 
 
 def test_contraction_layout_joins_layers_while_they_fit():
-    # float32, n_out = 16, n_in = 128: 8 KiB a unit, so 512 units are 4 MiB.
-    assert closed_form_module._contraction_layout(16, 128, [256, 256], 4) == (True, 1)
-    assert closed_form_module._contraction_layout(16, 128, [128, 128], 4) == (True, 2)
-    assert closed_form_module._contraction_layout(16, 128, [512, 512, 512], 4) == (False, 1)
-    assert closed_form_module._contraction_layout(8, 32, [256, 256], 4) == (True, 8)
+    # float32, n_out = 16, n_in = 128: 8 KiB a unit, so 1024 units are 8 MiB.
+    assert closed_form_module._contraction_layout(16, 128, [512, 512], 4) == (True, 1)
+    assert closed_form_module._contraction_layout(16, 128, [256, 256], 4) == (True, 2)
+    assert closed_form_module._contraction_layout(16, 128, [512, 512, 512], 4) == (False, 2)
+    assert closed_form_module._contraction_layout(8, 32, [256, 256], 4) == (True, 16)
 
 
 def test_hessian_row_steps_match(monkeypatch):
@@ -358,11 +358,12 @@ def test_hessian_front_end_chunks_match(monkeypatch, contraction_examples):
 def test_hessian_layout_chunks_only_skinny_steps():
     # float32, B = 256: the wide net's steps of 4 rows give 64-row front-end GEMMs, so it runs in
     # chunks of 32 rows (512 GEMM rows); the small net's steps of 32 rows (256) stay; a batch
-    # within one step runs in one pass either way.
+    # within one step runs in one pass either way, the wide net's still forming Jz_l per step.
     wide = [{"W": np.empty((b, a), np.float32)} for a, b in [(128, 512), (512, 512), (512, 16)]]
     small = [{"W": np.empty((b, a), np.float32)} for a, b in [(32, 256), (256, 256), (256, 8)]]
     assert closed_form_module._hessian_layout(wide, 256, 4) == (32, True)
-    assert closed_form_module._hessian_layout(wide, 4, 4) == (None, False)
+    assert closed_form_module._hessian_layout(wide, 4, 4) == (None, True)
+    assert closed_form_module._hessian_layout(small, 32, 4) == (None, False)
     assert closed_form_module._hessian_layout(small, 256, 4) == (32, False)
     assert closed_form_module._hessian_layout(small, 300, 4) == (30, False)  # 10 even steps
 
