@@ -227,7 +227,7 @@ def _output_adjoints(params, d1, batch):
 # the Hessian then runs in chunks whose front end has _HESSIAN_CHUNK_ROWS GEMM rows (or
 # _HESSIAN_CHUNK_BYTES of intermediates, if more), and Jz_l is formed within the contraction's
 # steps of a few examples instead (also when the whole batch is one such step: at B = 4 the
-# wide net ran 1.06x faster so than with Jz_l formed for all 4 examples at once, on a 2-core
+# wide net ran 1.06x faster that way than with Jz_l formed for all 4 examples at once, on a 2-core
 # Xeon). Medians of per-round ratios against the steps alone, 2-core AMD EPYC (Zen 5, 1 MiB
 # L2 a core):
 # [128, 512, 512, 512, 512, 16] (steps of 4 rows in float32, 2 in float64; chunks of 32) ran
