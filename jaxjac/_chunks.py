@@ -9,7 +9,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-__all__ = ["map_chunks"]
+__all__ = ["for_each_chunk", "map_chunks"]
 
 
 def is_count(value: Any) -> bool:
@@ -35,13 +35,11 @@ def map_chunks(fn: Callable[[jax.Array], Any], xs: jax.Array, chunk_size: int | 
     batch = xs.shape[0]
     if chunk_size is None or chunk_size >= batch:
         return fn(xs)
-    n_chunks = -(-batch // chunk_size)
     block = jax.ShapeDtypeStruct((chunk_size, *xs.shape[1:]), xs.dtype)
     shapes = jax.eval_shape(fn, block)
     out = jax.tree_util.tree_map(lambda s: jnp.zeros((batch, *s.shape[1:]), s.dtype), shapes)
 
-    def step(i, out):
-        start = jnp.minimum(i * chunk_size, batch - chunk_size)
+    def step(start, out):
         res = fn(jax.lax.dynamic_slice_in_dim(xs, start, chunk_size))
 
         def write(o, r):
@@ -49,4 +47,19 @@ def map_chunks(fn: Callable[[jax.Array], Any], xs: jax.Array, chunk_size: int | 
 
         return jax.tree_util.tree_map(write, out, res)
 
-    return jax.lax.fori_loop(0, n_chunks, step, out)
+    return for_each_chunk(batch, chunk_size, step, out)
+
+
+def for_each_chunk(rows: int, chunk_size: int, body: Callable[[Any, Any], Any], carry: Any) -> Any:
+    """``carry`` through ``body(start, carry)`` for each chunk of ``chunk_size`` of ``rows`` rows.
+
+    A ``fori_loop`` over ``ceil(rows / chunk_size)`` chunks starting at row ``start`` (a traced
+    integer); the last chunk is moved back to end at the last row, so every chunk has
+    ``chunk_size`` rows and some rows are visited twice.
+    """
+    n_chunks = -(-rows // chunk_size)
+
+    def step(i, carry):
+        return body(jnp.minimum(i * chunk_size, rows - chunk_size), carry)
+
+    return jax.lax.fori_loop(0, n_chunks, step, carry)

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from jaxjac._chunks import map_chunks
+from jaxjac._chunks import for_each_chunk, map_chunks
 from jaxjac.activations import Activation, get_activation
 from jaxjac.nets import MLPParams, check_mlp_input
 
@@ -346,9 +346,7 @@ def _hessian(params, x, act):
         return jnp.zeros((batch, n_out, n_in, n_in), x.dtype)
     rows, chunked = _hessian_layout(params, batch, params[0]["W"].dtype.itemsize)
     rows = rows or batch
-    iu, ju = np.triu_indices(n_in)
-    pair = np.zeros((n_in, n_in), np.int32)
-    pair[iu, ju] = pair[ju, iu] = np.arange(iu.size)
+    pair = _packed_index(n_in)
     if len(params) == 2:
         return map_chunks(lambda b: _hessian_front(params, b, act)[2][:, :, pair], x, rows)
     joined, step = _contraction_layout(
@@ -356,14 +354,12 @@ def _hessian(params, x, act):
     )
     step = min(step, rows)
 
-    def block(i, out):
-        start = jnp.minimum(i * rows, batch - rows)
+    def block(start, out):
         d1, cs, packed = _hessian_front(params, jax.lax.dynamic_slice_in_dim(x, start, rows), act)
         # Jz_l differs per example: formed here for the whole block, or in each step (chunks).
         lead = d1 if chunked else _input_side(params, d1)[1:]
 
-        def contraction_step(j, out):
-            first = jnp.minimum(j * step, rows - step)
+        def contraction_step(first, out):
             lead_j, cs_j, packed_j = jax.tree_util.tree_map(
                 lambda a: jax.lax.dynamic_slice_in_dim(a, first, step), (lead, cs, packed)
             )
@@ -373,10 +369,18 @@ def _hessian(params, x, act):
             hess = _contract(zts, cs_j, packed_j[:, :, pair])
             return jax.lax.dynamic_update_slice_in_dim(out, hess, start + first, 0)
 
-        return jax.lax.fori_loop(0, -(-rows // step), contraction_step, out)
+        return for_each_chunk(rows, step, contraction_step, out)
 
     out = jnp.zeros((batch, n_out, n_in, n_in), x.dtype)
-    return jax.lax.fori_loop(0, -(-batch // rows), block, out)
+    return for_each_chunk(batch, rows, block, out)
+
+
+def _packed_index(n_in: int) -> np.ndarray:
+    """``(n_in, n_in)``: where ``(i, j)`` sits in the packed upper triangle (``triu_indices``)."""
+    iu, ju = np.triu_indices(n_in)
+    pair = np.zeros((n_in, n_in), np.int32)
+    pair[iu, ju] = pair[ju, iu] = np.arange(iu.size)
+    return pair
 
 
 def _hessian_front(params, x, act):
