@@ -98,6 +98,20 @@ def test_the_header_names_the_cpu_generation_and_caches():
     m = {"cpu_family": "26", "cpu_model": "2", "caches": {"L1d": 48 * 2**10, "L2": 2**20}}
     assert R._describe_cpu(m) == " (family 26, model 2; caches of a core: L1d 48 KiB, L2 1 MiB)"
     assert R._describe_cpu({}) == ""  # results recorded before these fields
+    m = {"huge_pages": {"thp": "madvise", "glibc_hugetlb": None}}
+    assert R._describe_cpu(m) == " (transparent huge pages madvise, glibc.malloc.hugetlb unset)"
+
+
+def test_huge_pages_reads_the_kernel_mode_and_the_glibc_tunable(tmp_path):
+    enabled = tmp_path / "enabled"
+    enabled.write_text("always [madvise] never\n")
+    tunables = "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
+    assert R.huge_pages(enabled, tunables) == {"thp": "madvise", "glibc_hugetlb": "1"}
+    assert R.huge_pages(enabled, "glibc.malloc.arena_max=2") == {
+        "thp": "madvise",
+        "glibc_hugetlb": None,
+    }
+    assert R.huge_pages(tmp_path / "absent", "") == {"thp": None, "glibc_hugetlb": None}
 
 
 def _git(repo, *args):
