@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Two workers: the suite is dominated by XLA compilations, which run one per process.
 PYTEST_ARGS ?= -n 2
 
-.PHONY: demo test lint format bench bench-targets bench-quick clean
+.PHONY: demo test lint format bench bench-targets bench-hugepages bench-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,7 +46,7 @@ format: $(VENV)/.installed-test
 	$(BIN)/ruff format jaxjac tests benchmarks
 	$(BIN)/ruff check --fix jaxjac tests benchmarks
 
-# The full grid behind benchmarks/RESULTS.md (about 85 minutes on 2 cores); peak-RSS probes of
+# The full grid behind benchmarks/RESULTS.md (about 60-85 minutes on 2 cores); peak-RSS probes of
 # every route are `python -m benchmarks.run --memory all` (several hours).
 bench: $(VENV)/.installed-bench
 	$(BIN)/python -m benchmarks.run --memory target --route-budget-s 8
@@ -56,6 +56,14 @@ bench: $(VENV)/.installed-bench
 bench-targets: $(VENV)/.installed-bench
 	$(BIN)/python -m benchmarks.run --net small wide --batch 256 --dtype float32 \
 		--task jacobian hessian --route-budget-s 20 --memory none --out benchmarks/targets
+
+# The target rows and the write-bound tasks with glibc asking for transparent huge pages (the
+# kernel's THP mode `madvise`, the common default): the naive routes page-fault less and get
+# faster, jaxjac's cache-blocked ones do not (about 9 minutes): into benchmarks/hugepages/.
+bench-hugepages: $(VENV)/.installed-bench
+	GLIBC_TUNABLES=glibc.malloc.hugetlb=1 $(BIN)/python -m benchmarks.run --net small wide \
+		--batch 256 --dtype float32 --task jacobian hessian weight_jacobian per_example_grads \
+		--route-budget-s 20 --memory none --out benchmarks/hugepages
 
 # The small net, float32, B = 256 (under 3 minutes): into benchmarks/quick/, so the committed
 # full-grid results stay as they are.

@@ -1113,8 +1113,10 @@ def main(argv=None) -> int:
     add_peak_fractions(records, peak)
     extra["hessian_gemms"] = hessian_gemms_target(records)  # after the floors it is set beside
     argv_str = " ".join(sys.argv[1:]) if argv is None else " ".join(argv)
+    tunables = os.environ.get("GLIBC_TUNABLES")  # set before the process starts, so part of it
+    prefix = f"GLIBC_TUNABLES={tunables} " if tunables else ""
     data = {
-        "command": f"python -m benchmarks.run {argv_str}".strip(),
+        "command": f"{prefix}python -m benchmarks.run {argv_str}".strip(),
         "machine": machine,
         "peak": peak,
         "repeats": args.repeats,
