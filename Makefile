@@ -46,8 +46,8 @@ format: $(VENV)/.installed-test
 	$(BIN)/ruff format jaxjac tests benchmarks
 	$(BIN)/ruff check --fix jaxjac tests benchmarks
 
-# The full grid behind benchmarks/RESULTS.md (about 60-85 minutes on 2 cores); peak-RSS probes of
-# every route are `python -m benchmarks.run --memory all` (several hours).
+# The full grid behind benchmarks/RESULTS.md (about 60-85 minutes on 2 cores); peak-RSS probes
+# of every route are `python -m benchmarks.run --memory all` (several hours).
 bench: $(VENV)/.installed-bench
 	$(BIN)/python -m benchmarks.run --memory target --route-budget-s 8
 
@@ -57,9 +57,9 @@ bench-targets: $(VENV)/.installed-bench
 	$(BIN)/python -m benchmarks.run --net small wide --batch 256 --dtype float32 \
 		--task jacobian hessian --route-budget-s 20 --memory none --out benchmarks/targets
 
-# The target rows and the write-bound tasks with glibc asking for transparent huge pages (the
-# kernel's THP mode `madvise`, the common default): the naive routes page-fault less and get
-# faster, jaxjac's cache-blocked ones do not (about 9 minutes): into benchmarks/hugepages/.
+# The target rows and the write-bound tasks with glibc asking for transparent huge pages (which
+# a kernel in THP mode `madvise` grants on request): the naive routes page-fault less and get
+# faster, jaxjac's cache-blocked ones do not (about 8 minutes): into benchmarks/hugepages/.
 bench-hugepages: $(VENV)/.installed-bench
 	GLIBC_TUNABLES=glibc.malloc.hugetlb=1 $(BIN)/python -m benchmarks.run --net small wide \
 		--batch 256 --dtype float32 --task jacobian hessian weight_jacobian per_example_grads \

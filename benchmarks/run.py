@@ -130,7 +130,7 @@ def huge_pages(
     A result larger than glibc's mmap threshold (32 MiB at most) lands in fresh pages on every
     call, and the write-bound tasks pay a page fault per page: on a 2-core Xeon with the
     kernel in ``madvise`` mode, ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` (glibc then asks for
-    huge pages) made the small net's weight Jacobian at B = 32 (145 MB) 2.2x faster. Both are
+    huge pages) made the small net's weight Jacobian at B = 32 (145 MB) 2.0-2.2x faster. Both are
     recorded so runs on different machines can be compared. ``tunables`` defaults to
     ``$GLIBC_TUNABLES``; ``None`` where a setting is not there.
     """
