@@ -53,17 +53,17 @@ bench: $(VENV)/.installed-bench
 
 # The issue-5 target rows alone (both nets, float32, B = 256, Jacobian and Hessian; about 6
 # minutes), with more calls a route than the full grid: into benchmarks/targets/.
+TARGET_RUN := -m benchmarks.run --net small wide --batch 256 --dtype float32 \
+	--route-budget-s 20 --memory none
 bench-targets: $(VENV)/.installed-bench
-	$(BIN)/python -m benchmarks.run --net small wide --batch 256 --dtype float32 \
-		--task jacobian hessian --route-budget-s 20 --memory none --out benchmarks/targets
+	$(BIN)/python $(TARGET_RUN) --task jacobian hessian --out benchmarks/targets
 
 # The target rows and the write-bound tasks with glibc asking for transparent huge pages (which
 # a kernel in THP mode `madvise` grants on request): the naive routes page-fault less and get
 # faster, jaxjac's cache-blocked ones do not (about 8 minutes): into benchmarks/hugepages/.
 bench-hugepages: $(VENV)/.installed-bench
-	GLIBC_TUNABLES=glibc.malloc.hugetlb=1 $(BIN)/python -m benchmarks.run --net small wide \
-		--batch 256 --dtype float32 --task jacobian hessian weight_jacobian per_example_grads \
-		--route-budget-s 20 --memory none --out benchmarks/hugepages
+	GLIBC_TUNABLES=glibc.malloc.hugetlb=1 $(BIN)/python $(TARGET_RUN) \
+		--task jacobian hessian weight_jacobian per_example_grads --out benchmarks/hugepages
 
 # The small net, float32, B = 256 (under 3 minutes): into benchmarks/quick/, so the committed
 # full-grid results stay as they are.
