@@ -324,8 +324,12 @@ def _contract(zts: list[jax.Array], cs: list[jax.Array], base: jax.Array) -> jax
     return base + jnp.where(computed, upper, jnp.swapaxes(upper, -1, -2))
 
 
-def _hessian(params, x, act):
+def _hessian(params, x, act, out=None):
     """The closed-form Hessian of ``x`` ``(B, n_in)``: ``(B, n_out, n_in, n_in)``.
+
+    ``out``, if given, is an array of the result's shape and dtype whose values are never read:
+    every step overwrites its rows of it (a donated buffer then holds the result, with no
+    zero-fill first; see ``derivatives._run_plan_into``).
 
     The batch runs in blocks of rows (see ``_hessian_layout``), each block's contraction in
     steps of a few examples (``_contraction_layout``), and every step writes its examples into
@@ -371,7 +375,8 @@ def _hessian(params, x, act):
 
         return for_each_chunk(rows, step, contraction_step, out)
 
-    out = jnp.zeros((batch, n_out, n_in, n_in), x.dtype)
+    if out is None:
+        out = jnp.zeros((batch, n_out, n_in, n_in), x.dtype)
     return for_each_chunk(batch, rows, block, out)
 
 

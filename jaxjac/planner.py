@@ -194,12 +194,21 @@ class _Route(NamedTuple):
     activation: Activation | None
 
 
-def _batched_program(f: Callable, params: Any, xs: jax.Array, route: _Route) -> Any:
-    """The plain (un-jitted) batched computation a plan describes."""
+def _batched_program(
+    f: Callable, params: Any, xs: jax.Array, route: _Route, out: Any = None
+) -> Any:
+    """The plain (un-jitted) batched computation a plan describes.
+
+    ``out``: a buffer of the result's layout that the program may write the result into
+    instead of a fresh one (its values are never read; only the unchunked closed-form Hessian
+    uses it so far), or ``None``.
+    """
     from jaxjac import derivatives as d  # derivatives imports this module lazily; no cycle
 
     if route.route == "closed_form":
         act = route.activation
+        if route.task == "input_hessian" and route.chunk_size is None and out is not None:
+            return closed_form._hessian(params, xs, act, out=out)
         fns = {
             "input_jacobian": lambda b: closed_form._jacobian(params, b, act, route.mode),
             "input_hessian": lambda b: closed_form._hessian(params, b, act),

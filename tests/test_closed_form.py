@@ -292,6 +292,14 @@ def test_blocked_symmetric_contraction_for_wide_inputs(n_in):
     assert_close(got, jnp.swapaxes(got, -1, -2), exact_rtol(F64), what="symmetry")
 
 
+def _assert_every_row_overwritten(params, xs, got):
+    # Started from a buffer instead of zeros (out=), every step overwrites its rows of it, the
+    # steps moved back over done rows too: no NaN of the buffer may survive.
+    into = jnp.full_like(got, jnp.nan)
+    act = jj.get_activation("tansig")
+    np.testing.assert_array_equal(closed_form_module._hessian(params, xs, act, out=into), got)
+
+
 def test_chunked_contraction_matches(monkeypatch):
     # A budget of two examples' joined operands (n_out n_in (7 + 6) float64 numbers each) runs
     # the joined contraction through lax.map in steps of 2 examples; 7 is not a multiple.
@@ -300,6 +308,7 @@ def test_chunked_contraction_matches(monkeypatch):
     assert closed_form_module._contraction_layout(2, 5, [7, 6], 8) == (True, 2)
     got = closed_form_module._hessian(params, xs, jj.get_activation("tansig"))
     assert_close(got, _autodiff(params, xs, "tansig")["hessian"], REQUIRED_RTOL)
+    _assert_every_row_overwritten(params, xs, got)
 
 
 @pytest.mark.parametrize("n_in", [5, 130])
@@ -311,6 +320,7 @@ def test_layer_by_layer_contraction_matches(monkeypatch, n_in):
     assert closed_form_module._contraction_layout(2, n_in, [5, 4], 8) == (False, 1)
     got = closed_form_module._hessian(params, xs, jj.get_activation("tansig"))
     assert_close(got, _autodiff(params, xs, "tansig")["hessian"], REQUIRED_RTOL)
+    _assert_every_row_overwritten(params, xs, got)
     assert_close(got, jnp.swapaxes(got, -1, -2), exact_rtol(F64), what="symmetry")
 
 
@@ -332,6 +342,7 @@ def test_hessian_row_steps_match(monkeypatch):
     assert closed_form_module._hessian_layout(params, 7, 8) == (3, False)
     got = closed_form_module._hessian(params, xs, jj.get_activation("tansig"))
     assert_close(got, _autodiff(params, xs, "tansig")["hessian"], REQUIRED_RTOL)
+    _assert_every_row_overwritten(params, xs, got)
 
 
 @pytest.mark.parametrize("contraction_examples", [2, 5])
@@ -352,6 +363,7 @@ def test_hessian_front_end_chunks_match(monkeypatch, contraction_examples):
     assert closed_form_module._contraction_layout(2, 5, [7, 6], 8) == (True, contraction_examples)
     got = closed_form_module._hessian(params, xs, jj.get_activation("tansig"))
     assert_close(got, _autodiff(params, xs, "tansig")["hessian"], REQUIRED_RTOL)
+    _assert_every_row_overwritten(params, xs, got)
     assert_close(got, jnp.swapaxes(got, -1, -2), exact_rtol(F64), what="symmetry")
 
 
