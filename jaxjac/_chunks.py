@@ -17,7 +17,9 @@ def is_count(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def map_chunks(fn: Callable[[jax.Array], Any], xs: jax.Array, chunk_size: int | None) -> Any:
+def map_chunks(
+    fn: Callable[[jax.Array], Any], xs: jax.Array, chunk_size: int | None, out: Any = None
+) -> Any:
     """``fn`` on ``xs`` whole, or on consecutive chunks of ``chunk_size`` rows, stacked.
 
     ``fn`` takes a batch ``(rows,) + x.shape`` and returns leaves with the rows first. Unlike
@@ -31,13 +33,19 @@ def map_chunks(fn: Callable[[jax.Array], Any], xs: jax.Array, chunk_size: int | 
     with ``concatenate``, kept a copy of every earlier chunk's result alive (12.3 MiB of
     temporaries instead of 8.5 MiB for 4000 Jacobians of a [32, 256, 256, 8] net in chunks of
     512). ``fn`` is traced once.
+
+    ``out``, if given, is the result's layout and the chunks are written into it instead of
+    into zeros (its values are never read). XLA on the CPU zero-fills a fresh output first: with
+    a donated ``out``, ``batch_weight_jacobian(..., chunk_size=32, out=)`` of the small net
+    (1.2 GB at B = 256, float32) ran 1.58x faster without that fill (136 against 214 ms), the
+    input Jacobian 1.11x, the Hessian in chunks of 64 rows 1.04x.
     """
     batch = xs.shape[0]
     if chunk_size is None or chunk_size >= batch:
         return fn(xs)
-    block = jax.ShapeDtypeStruct((chunk_size, *xs.shape[1:]), xs.dtype)
-    shapes = jax.eval_shape(fn, block)
-    out = jax.tree_util.tree_map(lambda s: jnp.zeros((batch, *s.shape[1:]), s.dtype), shapes)
+    if out is None:
+        shapes = jax.eval_shape(fn, jax.ShapeDtypeStruct((chunk_size, *xs.shape[1:]), xs.dtype))
+        out = jax.tree_util.tree_map(lambda s: jnp.zeros((batch, *s.shape[1:]), s.dtype), shapes)
 
     def step(start, out):
         res = fn(jax.lax.dynamic_slice_in_dim(xs, start, chunk_size))

@@ -402,8 +402,9 @@ def _run_plan_into(f: Fn, params: Any, xs: ArrayLike, out: Any, *, route: Any) -
     # ``out``'s values are never read: it is donated so the result is written into its
     # buffers. Fresh output memory is page-faulted in on first touch, which makes large
     # per-example Jacobians several times slower than writing into memory that is already
-    # mapped. The closed-form Hessian also starts from ``out`` instead of zeros, which XLA on
-    # CPU would otherwise write over the whole result first (50 ms of 268 MB on the wide net).
+    # mapped. Chunks, and the closed-form Hessian's steps, are also written into ``out``
+    # instead of into zeros, which XLA on the CPU would write over the whole result first (50
+    # ms of 268 MB for the wide net's Hessian).
     from jaxjac import planner
 
     return planner._batched_program(f, params, jnp.asarray(xs), route, out=out)

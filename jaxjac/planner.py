@@ -199,28 +199,27 @@ def _batched_program(
 ) -> Any:
     """The plain (un-jitted) batched computation a plan describes.
 
-    ``out``: a buffer of the result's layout that the program may write the result into
-    instead of a fresh one (its values are never read; only the unchunked closed-form Hessian
-    uses it so far), or ``None``.
+    ``out``: a buffer of the result's layout that the program writes the result into instead
+    of a fresh, zero-filled one (its values are never read), or ``None``.
     """
     from jaxjac import derivatives as d  # derivatives imports this module lazily; no cycle
 
     if route.route == "closed_form":
         act = route.activation
-        if route.task == "input_hessian" and route.chunk_size is None and out is not None:
-            return closed_form._hessian(params, xs, act, out=out)
+        # Unchunked, map_chunks calls the Hessian on the whole batch: it fills ``out`` itself.
+        whole = out if route.chunk_size is None or route.chunk_size >= xs.shape[0] else None
         fns = {
             "input_jacobian": lambda b: closed_form._jacobian(params, b, act, route.mode),
-            "input_hessian": lambda b: closed_form._hessian(params, b, act),
+            "input_hessian": lambda b: closed_form._hessian(params, b, act, out=whole),
             "weight_jacobian": lambda b: closed_form._weight_jacobian(params, b, act),
         }
-        return map_chunks(fns[route.task], xs, route.chunk_size)
+        return map_chunks(fns[route.task], xs, route.chunk_size, out=out)
     per_example = {
         "input_jacobian": lambda x: d._input_jacobian(f, params, x, route.mode),
         "input_hessian": lambda x: d._input_hessian(f, params, x),
         "weight_jacobian": lambda x: d._weight_jacobian(f, params, x, route.mode),
     }[route.task]
-    return map_chunks(jax.vmap(per_example), xs, route.chunk_size)
+    return map_chunks(jax.vmap(per_example), xs, route.chunk_size, out=out)
 
 
 # --- planning ------------------------------------------------------------------------------

@@ -18,3 +18,12 @@ def test_map_chunks_matches_the_whole_batch():
     got = map_chunks(lambda b: (b**2, b.sum(axis=1)), xs, 3)
     np.testing.assert_array_equal(got[0], xs**2)
     np.testing.assert_array_equal(got[1], xs.sum(axis=1))
+
+
+def test_map_chunks_writes_every_row_of_out():
+    # Chunks written into a NaN buffer instead of zeros: a row left unwritten would keep a NaN.
+    xs = jnp.arange(14.0).reshape(7, 2)
+    out = (jnp.full((7, 2), jnp.nan), jnp.full(7, jnp.nan))
+    got = map_chunks(lambda b: (b**2, b.sum(axis=1)), xs, 3, out=out)
+    np.testing.assert_array_equal(got[0], xs**2)
+    np.testing.assert_array_equal(got[1], xs.sum(axis=1))
