@@ -1,10 +1,12 @@
-r"""How long the closed-form Hessian's GEMMs take on their own: a bound for its design on XLA.
+r"""How long the XLA route of the closed-form Hessian spends in GEMMs: a bound for that design.
 
-The FLOP floor of RESULTS.md divides the FLOP count by the 2048³ matmul peak. The closed-form
-Hessian (:func:`jaxjac.closed_form.mlp_hessian`) cannot run its GEMMs at that shape: it works in
-row steps that keep each step's Jacobians in cache (or chunks that give its shared-weight
-GEMMs enough rows), and its per-example contractions
-``Jzᵀ diag(c) Jz`` are GEMMs with an output dimension of ``n_in``. This module lists every GEMM
+The XLA route is ``closed_form._hessian(..., fused=False)``, the layer sum as XLA einsums; the
+default route on the CPU runs the layer sum in a fused kernel instead
+(:mod:`jaxjac._hessian_kernel`), which this bound does not describe. The FLOP floor of
+RESULTS.md divides the FLOP count by the 2048³ matmul peak. The XLA route cannot run its GEMMs
+at that shape: it works in row steps that keep each step's Jacobians in cache (or chunks that
+give its shared-weight GEMMs enough rows), and its per-example contractions ``Jzᵀ diag(c) Jz``
+are GEMMs with an output dimension of ``n_in``. This module lists every GEMM
 the closed form runs on a batch, with the shapes and counts it really uses (read from
 ``jaxjac.closed_form``'s step sizes), times each on its own with its operands resident (the
 fastest of ``repeats`` calls, less the dispatch cost of a trivial call), and sums them:

@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxjac import closed_form
+from jaxjac import _hessian_kernel, closed_form
 from jaxjac._chunks import is_count, map_chunks
 from jaxjac.activations import Activation, get_activation
 from jaxjac.derivatives import (  # derivatives imports this module lazily
@@ -266,7 +266,14 @@ def _analyse(f, params, xs, route: _Route, batch: int) -> tuple[int, float]:
     memory = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return int(memory.temp_size_in_bytes), float((cost or {}).get("flops", float("nan")))
+    temp, flops = int(memory.temp_size_in_bytes), float((cost or {}).get("flops", float("nan")))
+    if route.route == "closed_form" and route.task == "input_hessian" and len(params) > 2:
+        if closed_form._fused_default(spec):  # the fused kernel: a custom call XLA cannot see
+            n_in, n_out = params[0]["W"].shape[1], params[-1]["W"].shape[0]
+            widths = [layer["W"].shape[0] for layer in params[1:-1]]
+            scratch, fused = _hessian_kernel.cost(n_in, n_out, widths, batch, spec.dtype.itemsize)
+            temp, flops = temp + scratch, flops + fused
+    return temp, flops
 
 
 def _fn_key(f: Any) -> Any:
@@ -419,6 +426,16 @@ def _make_plan(task, mode, chunk_size, max_memory_bytes, analyse, f, params, xs)
                 f"jaxjac MLP {sizes} ({act.name}): closed-form layer-sum Hessian, several times "
                 "cheaper than forward-over-reverse autodiff"
             )
+            if len(sizes) > 3:
+                fused = closed_form._fused_default(xs)
+                reasons.append(
+                    "its layer sum runs in jaxjac's fused CPU kernel (scaling, symmetric "
+                    "multiply and mirroring in one pass)"
+                    if fused
+                    else "its layer sum runs as XLA einsums (the fused kernel needs the CPU, "
+                    "float32 or float64, and the compiled extension: "
+                    f"{'installed' if _hessian_kernel.available() else 'not installed'})"
+                )
         else:
             acc = "outer-product"
             reasons.append(f"jaxjac MLP {sizes} ({act.name}): closed-form outer products")

@@ -2,6 +2,7 @@
 
 import functools
 import itertools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -168,6 +169,8 @@ def test_memory_estimate_matches_xla_for_the_chunked_program(task, batch):
     xs = jnp.ones((batch, 32), jnp.float32)
     f = jj.mlp_function("tansig")
     budget = 8 * 2**20
+    if task == "input_hessian":  # below its row steps (3.5 MB with the fused kernel): chunks
+        budget = min(budget, planner.explain(task, f, params, xs).temp_bytes_stepped // 2)
     helper = {"input_jacobian": jj.batch_input_jacobian, "input_hessian": jj.batch_input_hessian}
     p = planner.plan(task, f, params, xs, max_memory_bytes=budget)
     assert p.chunk_size is not None and p.chunk_size < batch
@@ -215,6 +218,10 @@ def test_the_closed_forms_row_steps_are_in_the_estimate(task, batch):
     assert p.step_rows is not None and p.step_rows < batch
     temp = jax.jit(lambda q, b: helper[task](f, q, b)).lower(params, xs).compile()
     temp = temp.memory_analysis().temp_size_in_bytes
+    if task == "input_hessian" and jj.closed_form._fused_default(xs):
+        # The fused kernel's buffers, a worker per core, which XLA does not see: a panel of 256
+        # units in two layouts of 32 columns and 32 rows, and an accumulator per output.
+        temp += (os.cpu_count() or 1) * 4 * (256 * (32 + 32) + 8 * 32 * 32)
     # the planner compiles the helper's program without its jit wrapper: XLA may share a few
     # bytes differently (1.00x measured for both)
     assert 0.95 * temp <= p.temp_bytes <= 1.05 * temp, (temp, p.temp_bytes)

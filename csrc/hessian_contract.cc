@@ -1,0 +1,344 @@
+// The closed-form Hessian's layer sum, fused: an XLA FFI handler for the CPU.
+//
+//   out[b, k] = base[b, k] + Σ_l G_l[:, b]ᵀ diag(c_l[b, k]) G_l[:, b]      (n_in × n_in)
+//
+// with G_l (h_l, B, n_in) the deep layers' pre-activation Jacobians, units first, c_l
+// (B, n_out, h_l), and base (B, n_out, n_in (n_in + 1) / 2) the packed upper triangle of layer
+// 1's term (one GEMM in XLA). XLA writes the scaled operand c ⊙ G to memory before its GEMM and
+// multiplies the full square; here each example's G is laid out once, in panels of units that
+// stay in L2, for all its outputs; a register-blocked outer-product tile multiplies the scaling
+// into the column vectors as it goes and computes only the W × W blocks on or above the
+// diagonal; each result is written whole, its lower half mirrored from the upper.
+//
+// Portable C++17 with GCC's vector extensions (64-byte vectors: one AVX-512 register, two AVX2
+// ones); setup.py compiles it for the machine it installs on. Work is shared with XLA's own
+// intra-op thread pool, one example (or a range of outputs of one) at a time.
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+template <typename T>
+struct Lanes;
+template <>
+struct Lanes<float> {
+  typedef float vec __attribute__((vector_size(64)));
+  typedef int32_t index __attribute__((vector_size(64)));
+  static constexpr int64_t kWidth = 16;
+};
+template <>
+struct Lanes<double> {
+  typedef double vec __attribute__((vector_size(64)));
+  typedef int64_t index __attribute__((vector_size(64)));
+  static constexpr int64_t kWidth = 8;
+};
+
+// Transposes the W × W block held in v[0 … W) (one row a vector): at each level s, rows r and
+// r + s swap their off-diagonal s × s sub-blocks.
+template <typename T>
+inline void Transpose(typename Lanes<T>::vec* v) {
+  using vec = typename Lanes<T>::vec;
+  using index = typename Lanes<T>::index;
+  constexpr int64_t W = Lanes<T>::kWidth;
+#pragma GCC unroll 4
+  for (int64_t s = W / 2; s >= 1; s /= 2) {
+    index lo, hi;
+#pragma GCC unroll 16
+    for (int64_t j = 0; j < W; ++j) {
+      const bool left = (j / s) % 2 == 0;
+      lo[j] = left ? j : W + j - s;
+      hi[j] = left ? j + s : W + j;
+    }
+#pragma GCC unroll 16
+    for (int64_t r = 0; r < W; ++r) {
+      if ((r / s) % 2 != 0) continue;
+      const vec x = __builtin_shuffle(v[r], v[r + s], lo);
+      const vec y = __builtin_shuffle(v[r], v[r + s], hi);
+      v[r] = x;
+      v[r + s] = y;
+    }
+  }
+}
+
+// Column groups of two vectors (kGroup = 2W numbers), rows in panels of four.
+//   gb[i, 0 … kGroup)   the group's columns of G at unit i (layout (groups, n, kGroup)),
+//   ga[i, 0 … 4)        four rows of G at unit i           (layout (d / 4, n, 4)),
+// both for one panel of n units. A tile of R rows (R/4 row panels) and V column vectors adds
+// Σ_i c_i G[i, a] G[i, col …] into S (ld numbers a row); the scaling c_i multiplies the V column
+// vectors, so G is laid out once per example and shared by all outputs.
+template <typename T, int R, int V>
+__attribute__((always_inline)) inline void Tile(const T* ga, const T* gb, const T* c, int64_t n,
+                                                int64_t a0, int64_t col, bool accumulate, T* s,
+                                                int64_t ld) {
+  using vec = typename Lanes<T>::vec;
+  constexpr int64_t W = Lanes<T>::kWidth;
+  constexpr int64_t kGroup = 2 * W;
+  constexpr int P = R / 4;
+  vec acc[R][V];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 2
+    for (int v = 0; v < V; ++v) {
+      if (accumulate)
+        std::memcpy(&acc[r][v], s + (a0 + r) * ld + col + v * W, sizeof(vec));
+      else
+        acc[r][v] = vec{};
+    }
+  const int64_t panel = n * 4;  // numbers between row panels of ga
+  const T* gi = gb;
+  const T* ai = ga + (a0 / 4) * panel;
+  for (int64_t i = 0; i < n; ++i, gi += kGroup, ai += 4) {
+    const vec ci = vec{} + c[i];
+    vec b[V];
+#pragma GCC unroll 2
+    for (int v = 0; v < V; ++v) {
+      std::memcpy(&b[v], gi + v * W, sizeof(vec));
+      b[v] *= ci;
+    }
+#pragma GCC unroll 4
+    for (int p = 0; p < P; ++p)
+#pragma GCC unroll 4
+      for (int r = 0; r < 4; ++r) {
+        const vec a = vec{} + ai[p * panel + r];
+#pragma GCC unroll 2
+        for (int v = 0; v < V; ++v) acc[4 * p + r][v] += a * b[v];
+      }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 2
+    for (int v = 0; v < V; ++v)
+      std::memcpy(s + (a0 + r) * ld + col + v * W, &acc[r][v], sizeof(vec));
+}
+
+constexpr int kRows2 = 12;  // two vectors wide: 24 accumulators
+constexpr int kRows1 = 16;  // one vector wide (the lower half of a diagonal block)
+
+template <typename T, int V, int R>
+inline void TileRows(int rows, const T* ga, const T* gb, const T* c, int64_t n, int64_t a0,
+                     int64_t col, bool accumulate, T* s, int64_t ld) {
+  if constexpr (R > 0) {
+    if (rows > R - 4) return Tile<T, R, V>(ga, gb, c, n, a0, col, accumulate, s, ld);
+    return TileRows<T, V, R - 4>(rows, ga, gb, c, n, a0, col, accumulate, s, ld);
+  }
+}
+
+// S[a, c] += Σ_i c_i G[i, a] G[i, c] for every a ≤ c < d (and some a > c near the diagonal).
+template <typename T>
+inline void UpperTriangle(const T* ga, const T* gb, const T* c, int64_t n, int64_t d,
+                          bool accumulate, T* s, int64_t ld) {
+  constexpr int64_t W = Lanes<T>::kWidth;
+  for (int64_t c0 = 0, q = 0; c0 < d; c0 += 2 * W, ++q) {
+    const T* gq = gb + q * n * 2 * W;
+    const int64_t vectors = std::min<int64_t>(2, (d - c0 + W - 1) / W);
+    for (int64_t v = 0; v < vectors; ++v) {
+      // Rows a < c0 + W take the whole group; each later vector's own rows take it alone.
+      const int64_t lo = v == 0 ? 0 : c0 + v * W, hi = std::min(d, c0 + (v + 1) * W);
+      const int64_t width = vectors - v, step = width == 2 ? kRows2 : kRows1;
+      for (int64_t a0 = lo; a0 < hi; a0 += step) {
+        const int r = static_cast<int>(std::min<int64_t>(step, hi - a0));
+        if (width == 2)
+          TileRows<T, 2, kRows2>(r, ga, gq, c, n, a0, c0, accumulate, s, ld);
+        else
+          TileRows<T, 1, kRows1>(r, ga, gq + v * W, c, n, a0, c0 + v * W, accumulate, s, ld);
+      }
+    }
+  }
+}
+
+// out (d, d) = S + base on and above the diagonal, mirrored below it. S holds every W × W block
+// on or above the diagonal whole; base is the packed upper triangle (row a: columns a … d-1).
+template <typename T>
+void Assemble(const T* sk, int64_t ld, const T* bk, int64_t d, T* ok) {
+  using vec = typename Lanes<T>::vec;
+  using index = typename Lanes<T>::index;
+  constexpr int64_t W = Lanes<T>::kWidth;
+  const int64_t full = d / W * W;
+  index lane;
+  for (int64_t j = 0; j < W; ++j) lane[j] = j;
+  for (int64_t a0 = 0; a0 < full; a0 += W) {
+    for (int64_t c0 = a0; c0 < full; c0 += W) {
+      vec m[W], t[W];
+      for (int64_t r = 0; r < W; ++r) {
+        const int64_t a = a0 + r;
+        // Row a of the packed triangle at columns c0 …: from a·d - a(a-1)/2 + (c - a); in a
+        // diagonal block the lanes left of a read the previous row's tail and are replaced.
+        vec sv, bv;
+        std::memcpy(&sv, sk + a * ld + c0, sizeof(vec));
+        std::memcpy(&bv, bk + a * d - a * (a - 1) / 2 + c0 - a, sizeof(vec));
+        m[r] = t[r] = sv + bv;
+      }
+      Transpose<T>(t);
+      for (int64_t r = 0; r < W; ++r) {
+        vec row = m[r];
+        if (c0 == a0) row = lane < (index{} + static_cast<int>(r)) ? t[r] : m[r];
+        std::memcpy(ok + (a0 + r) * d + c0, &row, sizeof(vec));
+        if (c0 != a0) std::memcpy(ok + (c0 + r) * d + a0, &t[r], sizeof(vec));
+      }
+    }
+  }
+  // The columns past the last whole block, and the rows below it.
+  for (int64_t a = 0; a < d; ++a) {
+    const T* sa = sk + a * ld;
+    const T* ba = bk + a * d - a * (a - 1) / 2 - a;
+    for (int64_t c = std::max(a, full); c < d; ++c) {
+      const T v = sa[c] + ba[c];
+      ok[a * d + c] = v;
+      ok[c * d + a] = v;
+    }
+  }
+}
+
+struct Layer {
+  const void* g;  // (h, B, d): G[i, b, a] = ∂z_{l,i}/∂x_a of example b
+  const void* c;  // (B, K, h)
+  int64_t h;
+};
+
+// Units a panel: G's two layouts take 2 · 256 KB in float32 at n_in = 128, within a 1 MiB L2.
+constexpr int64_t kPanel = 512;
+
+// One example's outputs k_lo … k_hi: out[b, k] (d, d) from base[b, k] (d(d+1)/2) and the layers.
+template <typename T>
+void Example(int64_t b, int64_t batch, int64_t k_lo, int64_t k_hi, int64_t d, int64_t n_out,
+             const T* base, const std::vector<Layer>& layers, T* out, T* ga, T* gb, T* s) {
+  constexpr int64_t W = Lanes<T>::kWidth, kGroup = 2 * W;
+  const int64_t d4 = (d + 3) / 4 * 4, groups = (d + kGroup - 1) / kGroup, ld = groups * kGroup;
+  bool first = true;
+  for (const Layer& layer : layers) {
+    const T* g = static_cast<const T*>(layer.g) + b * d;  // unit i of example b at i · B · d
+    for (int64_t i0 = 0; i0 < layer.h; i0 += kPanel) {
+      const int64_t n = std::min(kPanel, layer.h - i0);
+      // Lay out the panel: gb (groups, n, 2W) and ga (d4 / 4, n, 4), zero past d.
+      if (ld != d) std::memset(gb, 0, sizeof(T) * groups * n * kGroup);
+      if (d4 != d) std::memset(ga, 0, sizeof(T) * d4 * n);
+      for (int64_t i = 0; i < n; ++i) {
+        const T* row = g + (i0 + i) * batch * d;
+        for (int64_t q = 0; q < groups; ++q) {
+          const int64_t m = std::min(kGroup, d - q * kGroup);
+          std::memcpy(gb + (q * n + i) * kGroup, row + q * kGroup, sizeof(T) * m);
+        }
+        for (int64_t p = 0; p < d / 4; ++p)
+          std::memcpy(ga + (p * n + i) * 4, row + 4 * p, sizeof(T) * 4);
+        for (int64_t a = d / 4 * 4; a < d; ++a) ga[((a / 4) * n + i) * 4 + a % 4] = row[a];
+      }
+      for (int64_t k = k_lo; k < k_hi; ++k) {
+        const T* c = static_cast<const T*>(layer.c) + (b * n_out + k) * layer.h + i0;
+        UpperTriangle<T>(ga, gb, c, n, d, !first, s + (k - k_lo) * d4 * ld, ld);
+      }
+      first = false;
+    }
+  }
+  const int64_t packed = d * (d + 1) / 2;
+  for (int64_t k = k_lo; k < k_hi; ++k)
+    Assemble<T>(s + (k - k_lo) * d4 * ld, ld, base + (b * n_out + k) * packed, d,
+                out + (b * n_out + k) * d * d);
+}
+
+// What the workers share. Helpers hold it by shared_ptr: one that the pool starts after the
+// call has returned finds no work left and touches nothing else.
+struct Work {
+  std::vector<Layer> layers;
+  const void* base;
+  void* out;
+  int64_t batch, n_out, d, widest, splits, items;
+  std::atomic<int64_t> next{0};    // the next work item to claim
+  std::atomic<int64_t> active{0};  // helpers that may hold an item
+};
+
+template <typename T>
+void RunItems(Work& w) {
+  constexpr int64_t W = Lanes<T>::kWidth;
+  const int64_t d4 = (w.d + 3) / 4 * 4, ld = (w.d + 2 * W - 1) / (2 * W) * 2 * W;
+  const int64_t n = std::min(kPanel, w.widest);
+  std::unique_ptr<T[]> ga, gb, s;  // allocated on the first item; every entry read is written
+  for (int64_t item; (item = w.next.fetch_add(1)) < w.items;) {
+    if (!s) {
+      ga.reset(new T[d4 * n]);
+      gb.reset(new T[ld * n]);
+      s.reset(new T[w.n_out * d4 * ld]);
+    }
+    const int64_t b = item / w.splits, part = item % w.splits;
+    const int64_t k_lo = w.n_out * part / w.splits, k_hi = w.n_out * (part + 1) / w.splits;
+    Example<T>(b, w.batch, k_lo, k_hi, w.d, w.n_out, static_cast<const T*>(w.base), w.layers,
+               static_cast<T*>(w.out), ga.get(), gb.get(), s.get());
+  }
+}
+
+template <typename T>
+ffi::Error Contract(ffi::ThreadPool pool, ffi::AnyBuffer base, ffi::RemainingArgs args,
+                    ffi::Result<ffi::AnyBuffer> out) {
+  const auto od = out->dimensions();
+  if (od.size() != 4 || od[2] != od[3])
+    return ffi::Error::InvalidArgument("the result must be (B, n_out, n_in, n_in)");
+  auto w = std::make_shared<Work>();
+  w->batch = od[0], w->n_out = od[1], w->d = od[2], w->widest = 1;
+  const auto bd = base.dimensions();
+  if (bd.size() != 3 || bd[0] != w->batch || bd[1] != w->n_out ||
+      bd[2] != w->d * (w->d + 1) / 2 || base.element_type() != out->element_type())
+    return ffi::Error::InvalidArgument("base must be (B, n_out, n_in (n_in + 1) / 2)");
+  if (args.size() == 0 || args.size() % 2 != 0)
+    return ffi::Error::InvalidArgument("the layers come as (G, c) pairs");
+  for (size_t j = 0; j < args.size(); j += 2) {
+    auto g = args.get<ffi::AnyBuffer>(j);
+    auto c = args.get<ffi::AnyBuffer>(j + 1);
+    if (!g.has_value() || !c.has_value()) return ffi::Error::InvalidArgument("not a buffer");
+    const auto gd = g->dimensions();
+    const auto cd = c->dimensions();
+    if (gd.size() != 3 || cd.size() != 3 || gd[1] != w->batch || gd[2] != w->d ||
+        cd[0] != w->batch || cd[1] != w->n_out || cd[2] != gd[0] ||
+        g->element_type() != out->element_type() || c->element_type() != out->element_type())
+      return ffi::Error::InvalidArgument("G must be (h, B, n_in) and c (B, n_out, h)");
+    w->layers.push_back({g->untyped_data(), c->untyped_data(), gd[0]});
+    w->widest = std::max(w->widest, gd[0]);
+  }
+  w->base = base.untyped_data();
+  w->out = out->untyped_data();
+  // Work items: an example, or a range of its outputs where examples are fewer than threads.
+  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
+  w->splits = std::clamp<int64_t>((2 * threads + w->batch - 1) / std::max<int64_t>(1, w->batch),
+                                  1, std::max<int64_t>(1, w->n_out));
+  w->items = w->batch * w->splits;
+  const int64_t helpers = std::min(threads, w->items) - 1;
+  for (int64_t t = 0; t < helpers; ++t)
+    pool.Schedule([w]() {
+      w->active.fetch_add(1);  // before claiming: the caller then waits for this helper
+      RunItems<T>(*w);
+      w->active.fetch_sub(1, std::memory_order_release);
+    });
+  // The caller works too, and waits only for helpers that started; it never waits for one
+  // still queued (the pool's threads may all be busy, with callers like this one).
+  RunItems<T>(*w);
+  while (w->active.load(std::memory_order_acquire) > 0) std::this_thread::yield();
+  return ffi::Error::Success();
+}
+
+ffi::Error Dispatch(ffi::ThreadPool pool, ffi::AnyBuffer base, ffi::RemainingArgs args,
+                    ffi::Result<ffi::AnyBuffer> out) {
+  switch (out->element_type()) {
+    case ffi::DataType::F32:
+      return Contract<float>(pool, base, args, out);
+    case ffi::DataType::F64:
+      return Contract<double>(pool, base, args, out);
+    default:
+      return ffi::Error::InvalidArgument("float32 or float64 only");
+  }
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxjacHessianContract, Dispatch,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .RemainingArgs()
+                                  .Ret<ffi::AnyBuffer>());
