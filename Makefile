@@ -11,22 +11,25 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-$(VENV)/.installed-core: pyproject.toml | $(BIN)/python
+# The package compiles its fused Hessian kernel on install: a change to it reinstalls too.
+BUILD := pyproject.toml setup.py csrc/hessian_contract.cc
+
+$(VENV)/.installed-core: $(BUILD) | $(BIN)/python
 	$(BIN)/python -m pip install -q -e .
 	touch $@
 
 # The CLI's extras (scipy for .mat files, matplotlib for plots, tqdm for progress): the demo
 # installs them so that the README's CLI example runs straight after it.
-$(VENV)/.installed-cli: pyproject.toml | $(BIN)/python
+$(VENV)/.installed-cli: $(BUILD) | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[cli]'
 	touch $@ $(VENV)/.installed-core
 
-$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+$(VENV)/.installed-test: $(BUILD) | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $@ $(VENV)/.installed-cli $(VENV)/.installed-core
 
 # The optional peers: torch==2.13.0 (a CPU build on this machine's local disk) and folx.
-$(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
+$(VENV)/.installed-bench: $(BUILD) | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[test,bench]'
 	touch $@ $(VENV)/.installed-test $(VENV)/.installed-cli $(VENV)/.installed-core
 
