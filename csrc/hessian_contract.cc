@@ -5,10 +5,11 @@
 // with G_l (h_l, B, n_in) the deep layers' pre-activation Jacobians, units first, c_l
 // (B, n_out, h_l), and base (B, n_out, n_in (n_in + 1) / 2) the packed upper triangle of layer
 // 1's term (one GEMM in XLA). XLA writes the scaled operand c ⊙ G to memory before its GEMM and
-// multiplies the full square; here each example's G is laid out once, in panels of units that
-// stay in L2, for all its outputs; a register-blocked outer-product tile multiplies the scaling
-// into the column vectors as it goes and computes only the W × W blocks on or above the
-// diagonal; each result is written whole, its lower half mirrored from the upper.
+// multiplies the full square; here each example's G is copied once into a panel of units that
+// stays in L2, for all its outputs; the scaled columns c_k ⊙ G of two outputs at a time go to an
+// L2 buffer beside it; register-blocked outer-product tiles broadcast G[i, a] once for both
+// outputs and compute only the W × W blocks on or above the diagonal; each result is written
+// whole, its lower half mirrored from the upper by in-register transposes.
 //
 // Portable C++17 with GCC's vector extensions (64-byte vectors: one AVX-512 register, two AVX2
 // ones); setup.py compiles it for the machine it installs on. Work is shared with XLA's own
@@ -227,11 +228,12 @@ inline void CopyRow(T* to, const T* from, int64_t d) {
 
 struct Layer {
   const void* g;  // (h, B, d): G[i, b, a] = ∂z_{l,i}/∂x_a of example b
-  const void* c;  // (B, K, h)
+  const void* c;  // (B, n_out, h)
   int64_t h;
 };
 
-// Units a panel: G's two layouts take 2 · 256 KB in float32 at n_in = 128, within a 1 MiB L2.
+// Units a panel: in float32 at n_in = 128 the panel of G (256 KB) and two outputs' scaled
+// columns (512 KB) stay within a 1 MiB L2.
 constexpr int64_t kPanel = 512;
 
 // Outputs a tile: pairs of outputs, against one at a time with the scaling inside the tile,

@@ -8,6 +8,9 @@ or 32 (column groups), units past one 512-unit panel, one output, one example.
 """
 
 import functools
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -68,6 +71,21 @@ def test_the_kernel_is_built_and_called():
     assert _hessian_kernel.available(), "the fused kernel did not build: is g++ installed?"
     gs, cs, packed = _operands(0, 5, [7], 2, 3, F64)
     assert "jaxjac_hessian_layer_sum" in _lowered_text(gs, cs, jnp.asarray(packed, F64))
+
+
+def test_the_environment_can_switch_it_off():
+    # For comparisons, and for a build copied to a CPU without the instructions it was built for.
+    code = (
+        "import jax, jax.numpy as jnp, jaxjac as jj\n"
+        "from jaxjac import _hessian_kernel\n"
+        "p = jj.mlp_init(jax.random.key(0), [3, 4, 4, 2]); x = jnp.ones((2, 3))\n"
+        "text = jax.jit(jj.closed_form.mlp_hessian).lower(p, x).as_text()\n"
+        "print(_hessian_kernel.available(), 'jaxjac_hessian_layer_sum' in text)\n"
+    )
+    env = {**os.environ, "JAXJAC_FUSED_HESSIAN": "0"}
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["False", "False"]
 
 
 SHAPES = [
