@@ -31,10 +31,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["available", "cost", "layer_sum", "packed_index", "reference_layer_sum"]
+__all__ = ["DTYPES", "available", "cost", "layer_sum", "packed_index", "reference_layer_sum"]
 
 _TARGET = "jaxjac_hessian_layer_sum"
-_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+DTYPES = (np.dtype(np.float32), np.dtype(np.float64))  # what the kernel computes in
 
 
 @functools.cache
@@ -158,6 +158,6 @@ def layer_sum(gs: list[jax.Array], cs: list[jax.Array], packed: jax.Array) -> ja
                 f"got {g.shape} and {c.shape}"
             )
     dtypes = {np.dtype(a.dtype) for a in (*gs, *cs, packed)}
-    if len(dtypes) != 1 or dtypes.pop() not in _DTYPES or not available():
+    if len(dtypes) != 1 or dtypes.pop() not in DTYPES or not available():
         return reference_layer_sum(gs, cs, packed)
     return _layer_sum(list(gs), list(cs), packed)

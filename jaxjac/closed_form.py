@@ -358,7 +358,7 @@ def _fused_default(x: jax.Array) -> bool:
     return (
         _hessian_kernel.available()
         and jax.default_backend() == "cpu"
-        and np.dtype(x.dtype) in (np.dtype(np.float32), np.dtype(np.float64))
+        and np.dtype(x.dtype) in _hessian_kernel.DTYPES
     )
 
 
