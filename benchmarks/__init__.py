@@ -1,1 +1,1 @@
-"""Benchmark harness for jaxjac (issue 5): ``python -m benchmarks.run [--quick]``."""
+"""Benchmark harness for jaxjac: ``python -m benchmarks.run [--quick]``."""

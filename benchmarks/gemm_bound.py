@@ -1,6 +1,6 @@
 r"""How long the XLA route of the closed-form Hessian spends in GEMMs: a bound for that design.
 
-The XLA route is ``closed_form._hessian(..., fused=False)``, the layer sum as XLA einsums; the
+The XLA route is ``jaxjac._mlp_cpu.hessian(..., fused=False)``, the layer sum as XLA einsums; the
 default route on the CPU runs the layer sum in a fused kernel instead
 (:mod:`jaxjac._hessian_kernel`), which this bound does not describe. The FLOP floor of
 RESULTS.md divides the FLOP count by the 2048³ matmul peak. The XLA route cannot run its GEMMs
@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxjac import closed_form
+from jaxjac import _mlp_cpu
 
 __all__ = ["hessian_gemms", "measure_hessian_gemms"]
 
@@ -50,11 +50,11 @@ def hessian_gemms(sizes: list[int], batch: int, itemsize: int) -> list[dict]:
         {"W": np.empty((b, a), np.dtype(f"f{itemsize}"))} for a, b in itertools.pairwise(sizes)
     ]
     n, n_in, n_out = len(sizes) - 1, sizes[0], sizes[-1]
-    rows, chunked = closed_form._hessian_layout(params, batch, itemsize)
+    rows, chunked = _mlp_cpu.hessian_layout(params, batch, itemsize)
     rows = rows or batch
     steps = -(-batch // rows)
     deep = sizes[2:-1]
-    joined, step = closed_form._contraction_layout(n_out, n_in, deep or [1], itemsize)
+    joined, step = _mlp_cpu.contraction_layout(n_out, n_in, deep or [1], itemsize)
     step = min(rows, step)
     # In front-end chunks Jz_l is formed per contraction step of ``step`` examples.
     jz_rows, jz_calls = (step, -(-batch // step)) if chunked else (rows, steps)
@@ -81,7 +81,7 @@ def hessian_gemms(sizes: list[int], batch: int, itemsize: int) -> list[dict]:
         m, k, nn = g["shape"]
         g["flops"] = 2 * m * k * nn
     if deep:
-        blocks = closed_form._symmetric_blocks(n_in)
+        blocks = _mlp_cpu.symmetric_blocks(n_in)
         for h in [sum(deep)] if joined else deep:
             out.append(
                 {
@@ -120,7 +120,7 @@ def measure_hessian_gemms(sizes: list[int], batch: int, dtype: str, repeats: int
 
     dispatch = _fastest(jax.jit(lambda a: a + 1), (rand(8),), repeats)
     items = hessian_gemms(sizes, batch, dt.itemsize)
-    blocks = closed_form._symmetric_blocks(sizes[0])
+    blocks = _mlp_cpu.symmetric_blocks(sizes[0])
     for g in items:
         if g["name"] == "contraction":
             e, n_out, n_in, deep = g["shape"]

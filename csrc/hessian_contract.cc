@@ -11,14 +11,26 @@
 // outputs and compute only the W × W blocks on or above the diagonal; each result is written
 // whole, its lower half mirrored from the upper by in-register transposes.
 //
-// Portable C++17 with GCC's vector extensions (64-byte vectors: one AVX-512 register, two AVX2
-// ones); setup.py compiles it for the machine it installs on. Work is shared with XLA's own
+// Portable C++17 with GCC's vector extensions. setup.py compiles this one source several times,
+// once for each ISA level (the portable baseline, and on x86-64 also x86-64-v3 and x86-64-v4),
+// into modules that differ only in their instructions: jaxjac/_hessian_kernel.py asks
+// JaxjacCpuSupports of the baseline build which of them this CPU runs before it loads any other.
+// A module is never loaded on a CPU it was not compiled for, so even its load-time code may use
+// the wide instructions. Each build's vectors are one register of its ISA (16 bytes for SSE2 and
+// NEON, 32 for AVX2, 64 for AVX-512) and its tiles as tall as its registers allow; Python reads
+// the width back (JaxjacVectorBytes) for its scratch estimate. Work is shared with XLA's own
 // intra-op thread pool, one example (or a range of outputs of one) at a time.
+//
+// Scratch comes from the heap of XLA's threads, where an exception would abort the process: it
+// is allocated without throwing, and a worker whose scratch is refused, or would exceed the
+// caller's limit, computes its items by a path that needs none (Direct), with the same result.
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <memory>
+#include <new>
 #include <thread>
 #include <vector>
 
@@ -26,21 +38,46 @@
 
 namespace ffi = xla::ffi;
 
+// The vector width and register count of the ISA the build targets: the tiles below keep their
+// accumulators in registers, and 64-byte vectors on a 16-register ISA would spill them.
+#ifndef JAXJAC_VECTOR_BYTES
+#if defined(__AVX512F__)
+#define JAXJAC_VECTOR_BYTES 64
+#define JAXJAC_VECTOR_REGISTERS 32
+#elif defined(__AVX__)
+#define JAXJAC_VECTOR_BYTES 32
+#define JAXJAC_VECTOR_REGISTERS 16
+#elif defined(__aarch64__)
+#define JAXJAC_VECTOR_BYTES 16
+#define JAXJAC_VECTOR_REGISTERS 32
+#else
+#define JAXJAC_VECTOR_BYTES 16
+#define JAXJAC_VECTOR_REGISTERS 16
+#endif
+#endif
+#ifndef JAXJAC_VECTOR_REGISTERS
+#define JAXJAC_VECTOR_REGISTERS 16
+#endif
+
 namespace {
+
+constexpr int64_t kVectorBytes = JAXJAC_VECTOR_BYTES;
+static_assert(kVectorBytes >= 16 && (kVectorBytes & (kVectorBytes - 1)) == 0,
+              "JAXJAC_VECTOR_BYTES: a power of two of at least 16");
 
 template <typename T>
 struct Lanes;
 template <>
 struct Lanes<float> {
-  typedef float vec __attribute__((vector_size(64)));
-  typedef int32_t index __attribute__((vector_size(64)));
-  static constexpr int64_t kWidth = 16;
+  typedef float vec __attribute__((vector_size(kVectorBytes)));
+  typedef int32_t index __attribute__((vector_size(kVectorBytes)));
+  static constexpr int64_t kWidth = kVectorBytes / 4;
 };
 template <>
 struct Lanes<double> {
-  typedef double vec __attribute__((vector_size(64)));
-  typedef int64_t index __attribute__((vector_size(64)));
-  static constexpr int64_t kWidth = 8;
+  typedef double vec __attribute__((vector_size(kVectorBytes)));
+  typedef int64_t index __attribute__((vector_size(kVectorBytes)));
+  static constexpr int64_t kWidth = kVectorBytes / 8;
 };
 
 // Transposes the W × W block held in v[0 … W) (one row a vector): at each level s, rows r and
@@ -123,10 +160,12 @@ __attribute__((always_inline)) inline void Tile(const T* ga, int64_t lda, const 
         std::memcpy(s + k * sstride + (a0 + r) * ld + col + v * W, &acc[k][r][v], sizeof(vec));
 }
 
-// Rows a tile: about 24 accumulators (K · R · V) and the rest of the 32 vector registers for
-// the column vectors and a broadcast.
+// Rows a tile: about 24 accumulators (K · R · V) and the rest of 32 vector registers for the
+// column vectors and a broadcast; about 12 where there are 16 (the column vectors then come
+// from memory as FMA operands).
 template <int V, int K>
-constexpr int kRows = V * K == 4 ? 6 : V * K == 2 ? 12 : 16;
+constexpr int kRows = JAXJAC_VECTOR_REGISTERS >= 32 ? (V * K == 4 ? 6 : V * K == 2 ? 12 : 16)
+                                                    : (V * K == 4 ? 3 : V * K == 2 ? 6 : 12);
 
 template <typename T, int V, int K, int R = kRows<V, K>>
 inline void TileRows(int rows, const T* ga, int64_t lda, const T* gb, int64_t kstride,
@@ -301,6 +340,38 @@ void Example(int64_t b, int64_t batch, int64_t k_lo, int64_t k_hi, int64_t d, in
                 out + (b * n_out + k) * d * d);
 }
 
+// The same outputs with no scratch: base's triangle into out, then one rank-one update a unit,
+// row by row on and above the diagonal, then the mirror. Each update reads and writes its rows
+// of out (one multiply-add a load and a store, against a register tile's many): several times
+// slower than Example, for a worker that could not have its buffers.
+template <typename T>
+void Direct(int64_t b, int64_t batch, int64_t k_lo, int64_t k_hi, int64_t d, int64_t n_out,
+            const T* base, const std::vector<Layer>& layers, T* out) {
+  const int64_t packed = d * (d + 1) / 2;
+  for (int64_t k = k_lo; k < k_hi; ++k) {
+    T* o = out + (b * n_out + k) * d * d;
+    const T* bk = base + (b * n_out + k) * packed;
+    for (int64_t a = 0; a < d; ++a) {
+      const T* ba = bk + a * d - a * (a - 1) / 2 - a;
+      for (int64_t c = a; c < d; ++c) o[a * d + c] = ba[c];
+    }
+    for (const Layer& layer : layers) {
+      const T* g = static_cast<const T*>(layer.g) + b * d;
+      const T* ck = static_cast<const T*>(layer.c) + (b * n_out + k) * layer.h;
+      for (int64_t i = 0; i < layer.h; ++i) {
+        const T* gi = g + i * batch * d;
+        for (int64_t a = 0; a < d; ++a) {
+          const T s = ck[i] * gi[a];
+          T* row = o + a * d;
+          for (int64_t c = a; c < d; ++c) row[c] += s * gi[c];
+        }
+      }
+    }
+    for (int64_t a = 0; a < d; ++a)
+      for (int64_t c = a + 1; c < d; ++c) o[c * d + a] = o[a * d + c];
+  }
+}
+
 // What the workers share. Helpers hold it by shared_ptr: one that the pool starts after the
 // call has returned finds no work left and touches nothing else.
 struct Work {
@@ -308,37 +379,67 @@ struct Work {
   const void* base;
   void* out;
   int64_t batch, n_out, d, widest, splits, items;
+  int64_t scratch_limit;           // bytes a worker may allocate for Example's buffers
   std::atomic<int64_t> next{0};    // the next work item to claim
   std::atomic<int64_t> active{0};  // helpers that may hold an item
 };
 
+// Bytes of Example's buffers for one worker (jaxjac/_hessian_kernel.py's cost() computes the
+// same): the panel of G (d × n), two outputs' scaled columns (2 × ld × n), and one d × ld
+// accumulator per output.
 template <typename T>
-void RunItems(Work& w) {
+int64_t ScratchBytes(int64_t d, int64_t n_out, int64_t widest) {
+  constexpr int64_t W = Lanes<T>::kWidth;
+  const int64_t ld = (d + 2 * W - 1) / (2 * W) * 2 * W;
+  const int64_t n = std::min(kPanel, widest);
+  return static_cast<int64_t>(sizeof(T)) * (d * n + 2 * ld * n + n_out * d * ld);
+}
+
+// Work items computed by Direct since the library was loaded: lets a test see that a scratch
+// limit takes effect (the results are the same either way).
+std::atomic<int64_t> direct_items{0};
+
+template <typename T>
+void RunItems(Work& w) noexcept {
   constexpr int64_t W = Lanes<T>::kWidth;
   const int64_t ld = (w.d + 2 * W - 1) / (2 * W) * 2 * W;
   const int64_t n = std::min(kPanel, w.widest);
-  std::unique_ptr<T[]> ga, gb, s;  // allocated on the first item; every entry read is written
+  // Allocated on the first item; every entry read is written. A failed allocation leaves all
+  // three empty and this worker on the direct path: nothing here throws into XLA's thread.
+  std::unique_ptr<T[]> ga, gb, s;
+  bool direct = ScratchBytes<T>(w.d, w.n_out, w.widest) > w.scratch_limit;
   for (int64_t item; (item = w.next.fetch_add(1)) < w.items;) {
-    if (!s) {
-      ga.reset(new T[w.d * n]);
-      gb.reset(new T[2 * ld * n]);
-      s.reset(new T[w.n_out * w.d * ld]);
+    if (!direct && !s) {
+      ga.reset(new (std::nothrow) T[w.d * n]);
+      gb.reset(new (std::nothrow) T[2 * ld * n]);
+      s.reset(new (std::nothrow) T[w.n_out * w.d * ld]);
+      if (!ga || !gb || !s) {
+        direct = true;
+        ga.reset(), gb.reset(), s.reset();
+      }
     }
     const int64_t b = item / w.splits, part = item % w.splits;
     const int64_t k_lo = w.n_out * part / w.splits, k_hi = w.n_out * (part + 1) / w.splits;
-    Example<T>(b, w.batch, k_lo, k_hi, w.d, w.n_out, static_cast<const T*>(w.base), w.layers,
-               static_cast<T*>(w.out), ga.get(), gb.get(), s.get());
+    if (direct) {
+      direct_items.fetch_add(1, std::memory_order_relaxed);
+      Direct<T>(b, w.batch, k_lo, k_hi, w.d, w.n_out, static_cast<const T*>(w.base), w.layers,
+                static_cast<T*>(w.out));
+    } else {
+      Example<T>(b, w.batch, k_lo, k_hi, w.d, w.n_out, static_cast<const T*>(w.base), w.layers,
+                 static_cast<T*>(w.out), ga.get(), gb.get(), s.get());
+    }
   }
 }
 
 template <typename T>
 ffi::Error Contract(ffi::ThreadPool pool, ffi::AnyBuffer base, ffi::RemainingArgs args,
-                    ffi::Result<ffi::AnyBuffer> out) {
+                    ffi::Result<ffi::AnyBuffer> out, int64_t scratch_limit) {
   const auto od = out->dimensions();
   if (od.size() != 4 || od[2] != od[3])
     return ffi::Error::InvalidArgument("the result must be (B, n_out, n_in, n_in)");
   auto w = std::make_shared<Work>();
   w->batch = od[0], w->n_out = od[1], w->d = od[2], w->widest = 1;
+  w->scratch_limit = scratch_limit < 0 ? std::numeric_limits<int64_t>::max() : scratch_limit;
   const auto bd = base.dimensions();
   if (bd.size() != 3 || bd[0] != w->batch || bd[1] != w->n_out ||
       bd[2] != w->d * (w->d + 1) / 2 || base.element_type() != out->element_type())
@@ -366,12 +467,16 @@ ffi::Error Contract(ffi::ThreadPool pool, ffi::AnyBuffer base, ffi::RemainingArg
                                   1, std::max<int64_t>(1, w->n_out));
   w->items = w->batch * w->splits;
   const int64_t helpers = std::min(threads, w->items) - 1;
-  for (int64_t t = 0; t < helpers; ++t)
-    pool.Schedule([w]() {
-      w->active.fetch_add(1);  // before claiming: the caller then waits for this helper
-      RunItems<T>(*w);
-      w->active.fetch_sub(1, std::memory_order_release);
-    });
+  try {
+    for (int64_t t = 0; t < helpers; ++t)
+      pool.Schedule([w]() {
+        w->active.fetch_add(1);  // before claiming: the caller then waits for this helper
+        RunItems<T>(*w);
+        w->active.fetch_sub(1, std::memory_order_release);
+      });
+  } catch (const std::bad_alloc&) {
+    // A task the pool could not take: the helpers already scheduled and the caller do its items.
+  }
   // The caller works too, and waits only for helpers that started; it never waits for one
   // still queued (the pool's threads may all be busy, with callers like this one).
   RunItems<T>(*w);
@@ -379,15 +484,22 @@ ffi::Error Contract(ffi::ThreadPool pool, ffi::AnyBuffer base, ffi::RemainingArg
   return ffi::Error::Success();
 }
 
+// scratch_limit: the bytes one worker may allocate for its buffers (negative: no limit); a
+// call whose buffers would be larger takes the direct path. The small allocations before any
+// work (the layers' list) fail as an error, not an abort.
 ffi::Error Dispatch(ffi::ThreadPool pool, ffi::AnyBuffer base, ffi::RemainingArgs args,
-                    ffi::Result<ffi::AnyBuffer> out) {
-  switch (out->element_type()) {
-    case ffi::DataType::F32:
-      return Contract<float>(pool, base, args, out);
-    case ffi::DataType::F64:
-      return Contract<double>(pool, base, args, out);
-    default:
-      return ffi::Error::InvalidArgument("float32 or float64 only");
+                    ffi::Result<ffi::AnyBuffer> out, int64_t scratch_limit) {
+  try {
+    switch (out->element_type()) {
+      case ffi::DataType::F32:
+        return Contract<float>(pool, base, args, out, scratch_limit);
+      case ffi::DataType::F64:
+        return Contract<double>(pool, base, args, out, scratch_limit);
+      default:
+        return ffi::Error::InvalidArgument("float32 or float64 only");
+    }
+  } catch (const std::bad_alloc&) {
+    return ffi::Error(ffi::ErrorCode::kResourceExhausted, "out of memory before the layer sum");
   }
 }
 
@@ -398,4 +510,27 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxjacHessianContract, Dispatch,
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::AnyBuffer>()
                                   .RemainingArgs()
-                                  .Ret<ffi::AnyBuffer>());
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<int64_t>("scratch_limit"));
+
+// How many work items (an example, or some outputs of one) took the path without scratch.
+extern "C" int64_t JaxjacDirectItems() { return direct_items.load(); }
+
+// The vector width this build computes in, in bytes: the column padding of its buffers.
+extern "C" int JaxjacVectorBytes() { return JAXJAC_VECTOR_BYTES; }
+
+// Whether this CPU, and the OS's saving of its vector registers, runs code compiled for the
+// x86-64 ISA level named ("x86-64-v2", "x86-64-v3" or "x86-64-v4"; 0 for any other name, and
+// on any other architecture). Called in the baseline build only, which any x86-64 CPU runs;
+// GCC's __builtin_cpu_supports takes a literal, hence one branch a level.
+extern "C" int JaxjacCpuSupports(const char* level) {
+#if defined(__x86_64__) && !defined(__clang__) && __GNUC__ >= 12  // the levels came in GCC 12
+  __builtin_cpu_init();
+  if (std::strcmp(level, "x86-64-v2") == 0) return __builtin_cpu_supports("x86-64-v2") != 0;
+  if (std::strcmp(level, "x86-64-v3") == 0) return __builtin_cpu_supports("x86-64-v3") != 0;
+  if (std::strcmp(level, "x86-64-v4") == 0) return __builtin_cpu_supports("x86-64-v4") != 0;
+#else
+  (void)level;
+#endif
+  return 0;
+}

@@ -4,11 +4,13 @@ Networks are pure functions ``f(params, x)`` over parameter pytrees; every helpe
 
 * Networks (``nets``, ``activations``): :func:`mlp_init`, :func:`mlp_apply`,
   :func:`get_activation` (``.f``, ``.df``, ``.d2f``), :func:`register_activation`.
-* One example (``derivatives``): :func:`input_jacobian`, :func:`input_hessian`,
-  :func:`weight_jacobian`, :func:`weight_hessian`, and the ``*_jvp`` / ``*_vjp`` / ``*_hvp``
-  products.
-* Batches, planned and chunked to a memory budget: :func:`batch_input_jacobian`,
-  :func:`batch_input_hessian`, :func:`batch_weight_jacobian`; :func:`explain` says what runs.
+* One route resolver (``routes``): every batched helper, and :func:`input_jacobian`,
+  :func:`input_hessian`, :func:`weight_jacobian` for one example, take the closed form for
+  jaxjac's MLP and autodiff otherwise, chunked to a memory budget: :func:`batch_input_jacobian`,
+  :func:`batch_input_hessian`, :func:`batch_weight_jacobian`, the ``batch_*`` calculus helpers
+  and the Jacobian reductions; :func:`explain` says what runs and why.
+* Autodiff for one example (``derivatives``): :func:`weight_hessian`, the ``*_jvp`` /
+  ``*_vjp`` / ``*_hvp`` products.
 * Closed forms for MLPs (``closed_form``) and the check of every route against the others:
   :func:`cross_check`.
 * Change of variables (``calculus``): :func:`jacobian_det`, :func:`log_abs_det_jacobian`,
@@ -16,15 +18,28 @@ Networks are pure functions ``f(params, x)`` over parameter pytrees; every helpe
   Hutch++ trace estimators.
 * Curvature (``curvature``, ``optimizers``): Hessian traces, diagonals, eigenvalues, spectral
   densities, GGN and Fisher products, the NTK, a Gauss-Newton optax transformation.
-* Sensitivity analysis (``sensitivity``, ``plots``): :func:`sensitivity` over a whole data
-  set, streamed, resumable; :func:`plot_sensitivity`, :func:`plot_interactions`.
+* Sensitivity analysis (``sensitivity``, ``measures``, ``plots``): :func:`sensitivity` over a
+  whole data set, streamed, resumable; the measures as an init/update/finalize accumulator any
+  loop can drive; :func:`plot_sensitivity`, :func:`plot_interactions`; structured errors
+  (``errors``).
 * Files (``io``): :func:`load_params`, :func:`save_params`, :func:`load_data`, Flax and
   Equinox converters. Many devices (``sharding``): :func:`make_mesh`, :func:`sharded`.
 """
 
 from importlib.metadata import PackageNotFoundError, version
 
-from jaxjac import closed_form, curvature, io, optimizers, planner, plots, sharding
+from jaxjac import (
+    closed_form,
+    curvature,
+    errors,
+    io,
+    measures,
+    optimizers,
+    planner,
+    plots,
+    routes,
+    sharding,
+)
 from jaxjac.activations import Activation, get_activation, list_activations, register_activation
 from jaxjac.calculus import (
     TraceEstimate,
@@ -63,18 +78,12 @@ from jaxjac.curvature import (
     supervised_loss,
 )
 from jaxjac.derivatives import (
-    batch_input_hessian,
-    batch_input_jacobian,
-    batch_weight_jacobian,
-    input_hessian,
     input_hvp,
-    input_jacobian,
     input_jvp,
     input_vjp,
     weight_hessian,
     weight_hessian_matrix,
     weight_hvp,
-    weight_jacobian,
     weight_jvp,
     weight_vjp,
 )
@@ -94,15 +103,24 @@ from jaxjac.optimizers import (
     scale_by_gauss_newton,
     track_sharpness,
 )
-from jaxjac.planner import Plan, explain
 from jaxjac.plots import plot_interactions, plot_sensitivity
+from jaxjac.routes import (
+    Plan,
+    batch_input_hessian,
+    batch_input_jacobian,
+    batch_jacobian_abs_sq,
+    batch_jacobian_gram,
+    batch_jacobian_norm,
+    batch_weight_jacobian,
+    explain,
+    input_hessian,
+    input_jacobian,
+    weight_jacobian,
+)
 from jaxjac.sensitivity import LipschitzSummary, SensitivityReport, mlp_function, sensitivity
 from jaxjac.sharding import (
     BatchMoments,
     BatchSum,
-    batch_jacobian_abs_sq,
-    batch_jacobian_gram,
-    batch_jacobian_norm,
     global_batch,
     host_slice,
     initialize_from_env,
@@ -146,6 +164,7 @@ __all__ = [
     "curvature",
     "divergence",
     "empirical_fisher_vp",
+    "errors",
     "explain",
     "from_equinox_mlp",
     "from_flax_dense_params",
@@ -176,6 +195,7 @@ __all__ = [
     "log_abs_det_jacobian",
     "make_mesh",
     "match_activation",
+    "measures",
     "mlp_apply",
     "mlp_function",
     "mlp_init",
@@ -190,6 +210,7 @@ __all__ = [
     "plot_sensitivity",
     "plots",
     "register_activation",
+    "routes",
     "save_params",
     "scale_by_gauss_newton",
     "sensitivity",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -10,11 +9,6 @@ import jax
 import jax.numpy as jnp
 
 __all__ = ["for_each_chunk", "map_chunks"]
-
-
-def is_count(value: Any) -> bool:
-    """An integer option's type check: ``int`` or a NumPy integer, not ``bool``."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def map_chunks(

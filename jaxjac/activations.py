@@ -21,7 +21,6 @@ network instead of silently vanishing.
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -34,6 +33,7 @@ __all__ = [
     "get_activation",
     "list_activations",
     "register_activation",
+    "registry_generation",
 ]
 
 ElementwiseFn = Callable[[jax.Array], jax.Array]
@@ -58,6 +58,7 @@ class Activation(NamedTuple):
 
 
 _REGISTRY: dict[str, Activation] = {}
+_GENERATION = 0  # bumped when a name is re-registered: see registry_generation
 
 
 def _keep_nan(z: jax.Array, value: jax.Array) -> jax.Array:
@@ -137,12 +138,19 @@ def register_activation(
 
 
 def _forget_compiled() -> None:
-    """Drop every compiled program and plan: some may hold a replaced activation."""
+    """Drop every compiled program, and date every plan made before: some hold the old one."""
+    global _GENERATION
     jax.clear_caches()
-    for module, cache in (("jaxjac.planner", "_PLANS"), ("jaxjac.derivatives", "_OUT_LAYOUTS")):
-        loaded = sys.modules.get(module)  # not imported yet: nothing of it is cached
-        if loaded is not None:
-            getattr(loaded, cache).clear()
+    _GENERATION += 1
+
+
+def registry_generation() -> int:
+    """A number that changes whenever a registered name gets a new definition.
+
+    Caches of anything derived from an activation found by name (jaxjac's route plans) include
+    it in their keys, so a replaced activation is never served from them.
+    """
+    return _GENERATION
 
 
 def list_activations() -> list[str]:

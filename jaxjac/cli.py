@@ -15,7 +15,6 @@ import importlib
 import json
 import os
 import platform
-import secrets
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -212,24 +211,9 @@ def _versions() -> dict[str, str]:
     }
 
 
-def _write_temp(folder: Path, name: str, write: Callable[[Any], None]) -> Path:
-    """Write a result under a temporary name in ``folder``; renamed only when all are written."""
-    # open(..., "xb") rather than mkstemp: the result gets the usual umask permissions, not 0600.
-    tmp = folder / f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    try:
-        with open(tmp, "xb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    return tmp
-
-
 def _write_results(folder: Path, report: Any, summary: dict[str, Any], hessian: bool) -> list[Path]:
     """Write every output to a temporary file, then rename them all: no partial result."""
+    from jaxjac._files import atomic_write_all
     from jaxjac.plots import plot_interactions, plot_sensitivity
 
     def text(content: str) -> Callable[[Any], None]:
@@ -242,21 +226,11 @@ def _write_results(folder: Path, report: Any, summary: dict[str, Any], hessian: 
     }
     if hessian:
         writers["interactions.png"] = lambda handle: plot_interactions(report, handle)
-    temps: dict[str, Path] = {}
-    try:
-        for name, write in writers.items():
-            temps[name] = _write_temp(folder, name, write)
-    except BaseException:
-        for tmp in temps.values():
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-        raise
-    for name, tmp in temps.items():
-        os.replace(tmp, folder / name)
+    written = atomic_write_all({folder / name: write for name, write in writers.items()})
     for stale in set(_OUTPUTS) - set(writers):  # an earlier run's file is not this run's result
         with contextlib.suppress(FileNotFoundError):
             (folder / stale).unlink()
-    return [folder / name for name in writers]
+    return written
 
 
 def _print_summary(
@@ -267,31 +241,37 @@ def _print_summary(
         f"used, {report.n_dropped} dropped, {report.route.replace('_', ' ')} route, "
         f"{seconds:.2f} s"
     )
-    for line in report._dgsm_lines(outputs=10, features=5):
+    for line in report.summary_lines(outputs=10, features=5):
         print(line)
-    print(report._sigma_line(f"data row {report.lipschitz.argmax_index + 1}, 1-based"))
+    where = f"data row {report.lipschitz.argmax_index + 1}, 1-based"
+    print(report.lipschitz_line(where, mean=False))
 
 
-def _in_cli_words(err: ValueError) -> ValueError:
-    """The library's advice in the words of the command line (its options, not its keywords)."""
-    from jaxjac.sensitivity import DROP_NONFINITE_HINT, START_OVER_HINT
-
-    words = {
-        DROP_NONFINITE_HINT: "pass --drop-nonfinite to skip such rows",
-        START_OVER_HINT: "start over without --resume",
-    }
-    message = str(err)
-    translated = message
-    for python, cli in words.items():
-        translated = translated.replace(python, cli)
-    return err if translated == message else ValueError(translated)
+# The CLI's own fingerprint entries, in the words of a refused --resume.
+_FINGERPRINT_WORDS = {
+    "data_file": "data file path",
+    "data_size": "data file size",
+    "data_mtime_ns": "data file modification time",
+}
+_START_OVER = "start over without --resume, or remove the checkpoint folder"
 
 
-def _name_the_data_file(err: ValueError, data: str) -> ValueError:
-    """Prefix an error about a data row with the data file, as the readers' errors are."""
-    message = str(err)
-    if "data row" in message and not message.startswith(f"{data}:"):
-        return CLIError(f"{data}: {message}")
+def _in_cli_words(err: ValueError, data: str) -> Exception:
+    """The library's structured errors as one line with the CLI's options and the data file."""
+    from jaxjac import errors
+
+    if isinstance(err, errors.NonFiniteInputError):
+        return CLIError(f"{data}: {err.facts}; pass --drop-nonfinite to skip such rows")
+    if isinstance(err, (errors.NonFiniteDerivativeError, errors.NoFiniteRowsError)):
+        return CLIError(f"{data}: {err.facts}")
+    if isinstance(err, errors.CheckpointMismatchError):
+        differ = sorted({_FINGERPRINT_WORDS.get(d, d) for d in err.differences})
+        return CLIError(
+            f"the checkpoint in {err.path} was made for different inputs ({', '.join(differ)} "
+            f"differ): expected the same model, data and options to resume; {_START_OVER}"
+        )
+    if isinstance(err, errors.CheckpointError):
+        return CLIError(f"{err.facts}; {_START_OVER}")
     return err
 
 
@@ -376,7 +356,7 @@ def run_sensitivity(args: argparse.Namespace) -> int:
             dtype=_DTYPE,
         )
     except ValueError as err:
-        raise _name_the_data_file(_in_cli_words(err), args.data) from None
+        raise _in_cli_words(err, args.data) from None
     except KeyboardInterrupt:
         print(
             f"jaxjac sensitivity: interrupted; checkpoint in {folder}: rerun with --resume to "

@@ -57,21 +57,22 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 import itertools
 import math
-from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.flatten_util import ravel_pytree
 from jax.typing import ArrayLike
 
-from jaxjac._chunks import is_count, map_chunks
+from jaxjac import _autodiff, _mlp
+from jaxjac import _curvature_ops as ops
+from jaxjac._checks import check_choice, positive_int
+from jaxjac._chunks import map_chunks
+from jaxjac._curvature_ops import Fn, Loss, LossKind, MatVec
+from jaxjac._jit import jit_entry, join_partial, split_partial
+from jaxjac._trace import chunked, chunked_mean_stderr, hutchpp
 from jaxjac.activations import Activation, get_activation
-from jaxjac.closed_form import _forward
-from jaxjac.derivatives import _batch_weight_jacobian, _jit_entry, _split_partial
 from jaxjac.nets import MLPParams, check_mlp_input
 
 __all__ = [
@@ -93,12 +94,6 @@ __all__ = [
     "spectral_density",
     "supervised_loss",
 ]
-
-Fn = Callable[[Any, jax.Array], jax.Array]
-Loss = Callable[[Any, Any], jax.Array]
-LossKind = Literal["mse", "cross_entropy"]
-MatVec = Callable[[jax.Array], jax.Array]
-_LOSS_KINDS = ("mse", "cross_entropy")
 
 
 class HessianDiag(NamedTuple):
@@ -157,115 +152,7 @@ class SpectralDensity(NamedTuple):
     weights: jax.Array
 
 
-def _entry(*static: str) -> Callable[[Callable], Callable]:
-    """Jit a public entry once per (callable, static options, shapes), via ``_jit_entry``.
-
-    The first parameter (the loss or network) is static; a ``functools.partial`` binding arrays
-    is compiled once per underlying function with those arrays traced (see
-    :func:`jaxjac.derivatives._jit_entry`). Static options given positionally are bound to
-    ``fn``'s signature and passed by keyword, so they are static wherever they stand.
-    """
-
-    def wrap(fn: Callable) -> Callable:
-        sig = inspect.signature(fn)
-        names = list(sig.parameters)
-        first = names[0]
-        # Calls that give no static option positionally skip the binding (~15 us a call).
-        plain = min((i for i, name in enumerate(names) if name in static), default=len(names))
-
-        def body(f, *args, **kwargs):
-            return fn(f, *args, **kwargs)
-
-        jitted = _jit_entry(*static)(body)
-
-        def bind(args, kwargs):
-            bound = sig.bind(*args, **kwargs)
-            bound.apply_defaults()
-            arguments = dict(bound.arguments)
-            return arguments.pop(first), arguments
-
-        @functools.wraps(fn)
-        def entry(*args, **kwargs):
-            if args and len(args) <= plain:
-                return jitted(*args, **kwargs)
-            f, rest = bind(args, kwargs)
-            return jitted(f, **rest)
-
-        def lower(*args, **kwargs):  # inspect the compiled program: entry.lower(...).compile()
-            f, rest = bind(args, kwargs)
-            return jitted.lower(f, **rest)
-
-        entry.lower = lower
-        return entry
-
-    return wrap
-
-
-# --- supervised losses and their output-space Hessians ----------------------------------------
-
-
-def _check_kind(loss_kind: str) -> None:
-    if loss_kind not in _LOSS_KINDS:
-        raise ValueError(f"loss_kind must be one of {_LOSS_KINDS}, got {loss_kind!r}")
-
-
-def _check_vector(shape: tuple[int, ...]) -> None:
-    if len(shape) != 1:
-        raise ValueError(
-            f"f(params, x) must return a vector (n_out,) per example, got shape {shape}"
-        )
-
-
-def _outputs(f: Fn, params: Any, x: jax.Array) -> jax.Array:
-    """Network outputs over the batch, ``(B, n_out)``."""
-    out = jax.vmap(f, in_axes=(None, 0))(params, x)
-    _check_vector(out.shape[1:])
-    return out
-
-
-def _targets(loss_kind: str, y: jax.Array, out: jax.Array) -> tuple[jax.Array, jax.Array | None]:
-    """Targets of the outputs' shape and dtype, and for integer labels their validity ``(B,)``.
-
-    Integer labels (cross-entropy only) must have shape ``(B,)``; a label outside
-    ``[0, n_out)`` is marked invalid (its loss is made NaN, never silently zero). For ``"mse"``
-    integer targets are numbers, cast to the outputs' dtype.
-    """
-    y = jnp.asarray(y)
-    if loss_kind == "cross_entropy" and jnp.issubdtype(y.dtype, jnp.integer):
-        if y.shape != out.shape[:1]:
-            raise ValueError(
-                f"integer labels must have shape (B,) = {out.shape[:1]} for outputs of shape "
-                f"{out.shape}, got {y.shape}"
-            )
-        n_out = out.shape[-1]
-        return jax.nn.one_hot(y, n_out, dtype=out.dtype), (y >= 0) & (y < n_out)
-    if y.shape != out.shape:
-        raise ValueError(f"targets must have the outputs' shape {out.shape}, got {y.shape}")
-    if jnp.issubdtype(y.dtype, jnp.integer) or jnp.issubdtype(y.dtype, jnp.bool_):
-        y = y.astype(out.dtype)
-    return y, None
-
-
-def _example_losses(loss_kind: str, out: jax.Array, y: jax.Array) -> jax.Array:
-    """Per-example losses ``ℓ_b``, ``(B,)``; NaN for integer labels outside ``[0, n_out)``."""
-    _check_kind(loss_kind)
-    targets, valid = _targets(loss_kind, y, out)
-    if loss_kind == "mse":
-        residual = out - targets
-        return 0.5 * jnp.sum(residual * residual, axis=-1)
-    # log_softmax subtracts the max before exponentiating: no overflow for large logits.
-    losses = -jnp.sum(targets * jax.nn.log_softmax(out, axis=-1), axis=-1)
-    if valid is not None:
-        losses = jnp.where(valid, losses, jnp.nan)
-    return losses
-
-
-def _output_hessian_vp(loss_kind: str, out: jax.Array, u: jax.Array) -> jax.Array:
-    """``(∂²ℓ_b/∂z²) u_b`` for every example, ``(B, n_out)``; independent of the targets."""
-    if loss_kind == "mse":
-        return u
-    p = jax.nn.softmax(out, axis=-1)
-    return p * u - p * jnp.sum(p * u, axis=-1, keepdims=True)  # (diag(p) − ppᵀ) u
+# --- supervised losses --------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
@@ -275,12 +162,11 @@ class _SupervisedLoss:
 
     def __call__(self, params: Any, batch: tuple[jax.Array, jax.Array]) -> jax.Array:
         x, y = batch
-        return jnp.mean(_example_losses(self.loss_kind, _outputs(self.f, params, x), y))
+        return jnp.mean(ops.example_losses(self.loss_kind, ops.outputs(self.f, params, x), y))
 
 
 def _bound_supervised_loss(bound: tuple, params: Any, batch: Any, *, head, loss_kind):
-    f = functools.partial(head.func, *bound, **dict(head.keywords))
-    return _SupervisedLoss(f, loss_kind)(params, batch)
+    return _SupervisedLoss(join_partial(head, bound), loss_kind)(params, batch)
 
 
 def supervised_loss(f: Fn, loss_kind: LossKind) -> Loss:
@@ -305,67 +191,12 @@ def supervised_loss(f: Fn, loss_kind: LossKind) -> Loss:
         ``loss(params, (x, y)) -> scalar`` with ``x`` of shape ``(B,) + x.shape`` and ``y`` as in
         the module table.
     """
-    _check_kind(loss_kind)
-    split = _split_partial(f)
+    ops.check_kind(loss_kind)
+    split = split_partial(f)
     if split is not None and jax.tree_util.tree_leaves(split[1]):
         head, bound = split
         return functools.partial(_bound_supervised_loss, bound, head=head, loss_kind=loss_kind)
     return _SupervisedLoss(f, loss_kind)
-
-
-# --- matrix-free operators (plain functions) ---------------------------------------------------
-
-
-def _hvp_operator(loss: Loss, params: Any, batch: Any) -> Callable[[Any], Any]:
-    # Linearise the gradient once (forward-over-reverse): every product then reuses the forward
-    # and backward residuals instead of re-running the network.
-    _, hvp_fn = jax.linearize(jax.grad(lambda p: loss(p, batch)), params)
-    return hvp_fn
-
-
-def _ggn_operator(f: Fn, loss_kind: str, params: Any, x: jax.Array, y: jax.Array):
-    _check_kind(loss_kind)
-    out, jvp_fn = jax.linearize(lambda p: _outputs(f, p, x), params)
-    _targets(loss_kind, y, out)  # shape check only: the GGN does not depend on y
-    vjp_fn = jax.linear_transpose(jvp_fn, params)
-    n = out.shape[0]
-    return lambda v: vjp_fn(_output_hessian_vp(loss_kind, out, jvp_fn(v)) / n)[0]
-
-
-def _fisher_operator(f: Fn, loss_kind: str, params: Any, x: jax.Array, y: jax.Array):
-    # F v = (1/B) Σ_b g_b (g_b · v) = Gᵀ (G v) / B with G the (B, P) per-example gradients:
-    # one JVP and one VJP of the per-example losses, never forming G.
-    ells = lambda p: _example_losses(loss_kind, _outputs(f, p, x), y)  # noqa: E731
-    losses, jvp_fn = jax.linearize(ells, params)
-    vjp_fn = jax.linear_transpose(jvp_fn, params)
-    n = losses.shape[0]
-    return lambda v: vjp_fn(jvp_fn(v) / n)[0]
-
-
-def _flat(operator: Callable[[Any], Any], params: Any):
-    """The operator on raveled vectors: returns ``(flat_params, unravel, matvec)``."""
-    flat, unravel = ravel_pytree(params)
-    return flat, unravel, lambda w: ravel_pytree(operator(unravel(w)))[0]
-
-
-def _map(fn: Callable, xs: jax.Array, chunk_size: int | None) -> Any:
-    """``fn`` over the rows of ``xs``: one vmap, or sequential vmapped chunks to bound memory.
-
-    Chunks go through :func:`jaxjac._chunks.map_chunks`: each is written into the output in
-    place and a last partial chunk is moved back to end at the last row, so peak memory is one
-    chunk of ``chunk_size`` rows (``lax.map(batch_size=)`` runs the remainder as a second
-    program whose working set adds to the first's).
-    """
-    return map_chunks(jax.vmap(fn), xs, chunk_size)
-
-
-def _positive_int(name: str, value: Any, *, allow_none: bool = False) -> int | None:
-    """``value`` as a Python int if it is a positive integer (NumPy's included, bool not)."""
-    if value is None and allow_none:
-        return None
-    if not is_count(value) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def _need_key(key: jax.Array | None, method: str) -> None:
@@ -376,7 +207,7 @@ def _need_key(key: jax.Array | None, method: str) -> None:
 # --- public products ---------------------------------------------------------------------------
 
 
-@_entry()
+@jit_entry()
 def hvp(loss: Loss, params: Any, batch: Any, v: Any) -> Any:
     """Hessian-vector product ``H v`` of ``loss(params, batch)`` (forward-over-reverse).
 
@@ -389,10 +220,10 @@ def hvp(loss: Loss, params: Any, batch: Any, v: Any) -> Any:
     Returns:
         Pytree shaped like ``params``.
     """
-    return _hvp_operator(loss, params, batch)(v)
+    return ops.hvp_operator(loss, params, batch)(v)
 
 
-@_entry("loss_kind")
+@jit_entry("loss_kind")
 def ggn_vp(f: Fn, loss_kind: LossKind, params: Any, x: ArrayLike, y: ArrayLike, v: Any) -> Any:
     """Gauss-Newton-vector product ``G v = (1/B) Σ_b J_bᵀ (∂²ℓ_b/∂z²) J_b v``.
 
@@ -412,10 +243,10 @@ def ggn_vp(f: Fn, loss_kind: LossKind, params: Any, x: ArrayLike, y: ArrayLike, 
     Returns:
         Pytree shaped like ``params``.
     """
-    return _ggn_operator(f, loss_kind, params, jnp.asarray(x), jnp.asarray(y))(v)
+    return ops.ggn_operator(f, loss_kind, params, jnp.asarray(x), jnp.asarray(y))(v)
 
 
-@_entry("loss_kind")
+@jit_entry("loss_kind")
 def empirical_fisher_vp(
     f: Fn, loss_kind: LossKind, params: Any, x: ArrayLike, y: ArrayLike, v: Any
 ) -> Any:
@@ -435,60 +266,33 @@ def empirical_fisher_vp(
     Returns:
         Pytree shaped like ``params``.
     """
-    return _fisher_operator(f, loss_kind, params, jnp.asarray(x), jnp.asarray(y))(v)
+    return ops.fisher_operator(f, loss_kind, params, jnp.asarray(x), jnp.asarray(y))(v)
 
 
 # --- diagonal and trace ------------------------------------------------------------------------
 
 
 def _exact_diag(matvec: MatVec, flat: jax.Array, chunk_size: int | None) -> jax.Array:
+    """``diag(H)`` ``(P,)`` by products with the basis vectors, ``chunk_size`` at a time."""
+
     def entry(i):
         return matvec(jnp.zeros_like(flat).at[i].set(1))[i]
 
-    return _map(entry, jnp.arange(flat.size), chunk_size)
+    return map_chunks(jax.vmap(entry), jnp.arange(flat.size), chunk_size)
 
 
-def _moments(sample: Callable[[jax.Array], Any], keys: jax.Array, chunk_size: int | None):
-    """Mean and standard error of ``sample(key)`` over ``keys``, ``chunk_size`` at a time.
+def _hutchinson(matvec, flat, key, num_samples, chunk_size, *, diag):
+    """Mean and standard error of ``z ⊙ Hz`` (``diag``) or ``zᵀHz`` over Rademacher ``z``."""
 
-    Chunks are merged with Chan et al.'s pairwise update of (count, mean, sum of squared
-    deviations): memory is one chunk of samples, and the variance never suffers the
-    cancellation of ``E[s²] − E[s]²``.
-    """
-    n = keys.shape[0]
-    c = n if chunk_size is None else min(chunk_size, n)
-
-    def chunk(ks):
-        s = jax.vmap(sample)(ks)
-        mean = jnp.mean(s, axis=0)
-        return jnp.asarray(ks.shape[0], s.dtype), mean, jnp.sum((s - mean) ** 2, axis=0)
-
-    def merge(a, b):
-        (na, ma, qa), (nb, mb, qb) = a, b
-        total = na + nb
-        d = mb - ma
-        return total, ma + d * (nb / total), qa + qb + d * d * (na * nb / total)
-
-    full = n // c
-    acc = chunk(keys[:c])
-    if full > 1:
-        rest = keys[c : full * c].reshape(full - 1, c)
-        acc = jax.lax.scan(lambda a, ks: (merge(a, chunk(ks)), None), acc, rest)[0]
-    if n % c:
-        acc = merge(acc, chunk(keys[full * c :]))
-    _, mean, sq = acc
-    return mean, jnp.sqrt(sq / ((n - 1) * n))
-
-
-def _hutchinson_diag(matvec, flat, key, num_samples, chunk_size):
     def sample(k):
         z = jax.random.rademacher(k, flat.shape, flat.dtype)
-        return z * matvec(z)  # E[z ⊙ Hz] = diag(H) for Rademacher z
+        hz = matvec(z)
+        return z * hz if diag else jnp.vdot(z, hz)  # E[z ⊙ Hz] = diag(H), E[zᵀHz] = tr(H)
 
-    return _moments(sample, jax.random.split(key, num_samples), chunk_size)
+    return chunked_mean_stderr(sample, jax.random.split(key, num_samples), chunk_size)
 
 
-@_entry("method", "num_samples", "chunk_size")
+@jit_entry("method", "num_samples", "chunk_size")
 def hessian_diag(
     loss: Loss,
     params: Any,
@@ -516,53 +320,19 @@ def hessian_diag(
     Returns:
         :class:`HessianDiag` of pytrees shaped like ``params``.
     """
-    chunk_size = _positive_int("chunk_size", chunk_size, allow_none=True)
-    flat, unravel, matvec = _flat(_hvp_operator(loss, params, batch), params)
+    chunk_size = positive_int("chunk_size", chunk_size, allow_none=True)
+    check_choice("method", method, ("exact", "hutchinson"))
+    flat, unravel, matvec = ops.flat(ops.hvp_operator(loss, params, batch), params)
     if method == "exact":
         diag = _exact_diag(matvec, flat, chunk_size)
         return HessianDiag(unravel(diag), unravel(jnp.zeros_like(diag)))
-    if method == "hutchinson":
-        _need_key(key, method)
-        num_samples = _positive_int("num_samples", num_samples)
-        if num_samples < 2:
-            raise ValueError(f"num_samples must be at least 2, got {num_samples}")
-        mean, stderr = _hutchinson_diag(matvec, flat, key, num_samples, chunk_size)
-        return HessianDiag(unravel(mean), unravel(stderr))
-    raise ValueError(f"method must be 'exact' or 'hutchinson', got {method!r}")
+    _need_key(key, method)
+    num_samples = positive_int("num_samples", num_samples, minimum=2)
+    mean, stderr = _hutchinson(matvec, flat, key, num_samples, chunk_size, diag=True)
+    return HessianDiag(unravel(mean), unravel(stderr))
 
 
-def _hutchinson_trace(matvec, flat, key, num_samples, chunk_size):
-    def sample(k):
-        z = jax.random.rademacher(k, flat.shape, flat.dtype)
-        return jnp.vdot(z, matvec(z))
-
-    return _moments(sample, jax.random.split(key, num_samples), chunk_size)
-
-
-def _hutchpp_trace(matvec, flat, key, num_matvecs, chunk_size):
-    """Hutch++ (Meyer, Musco, Musco & Woodruff 2021): exact trace on a sketched top subspace.
-
-    ``tr(H) = tr(Qᵀ H Q) + tr((I − QQᵀ) H (I − QQᵀ))``: the first term exactly with ``k``
-    products, the second by Hutchinson on projected probes. ``Q`` spans ``H S`` for a Rademacher
-    sketch ``S``, so it captures the large eigenvalues that dominate Hutchinson's variance. The
-    standard error is that of the Hutchinson part given ``Q`` (the first term has none).
-    """
-    k = num_matvecs // 3
-    k_sketch, k_rest = jax.random.split(key)
-    sketch = jax.random.rademacher(k_sketch, (k, flat.size), flat.dtype)
-    q, _ = jnp.linalg.qr(_map(matvec, sketch, chunk_size).T)  # (P, k), orthonormal columns
-    head = jnp.sum(q.T * _map(matvec, q.T, chunk_size))
-
-    def sample(kk):
-        z = jax.random.rademacher(kk, flat.shape, flat.dtype)
-        z = z - q @ (q.T @ z)
-        return jnp.vdot(z, matvec(z))
-
-    mean, stderr = _moments(sample, jax.random.split(k_rest, num_matvecs - 2 * k), chunk_size)
-    return head + mean, stderr
-
-
-@_entry("method", "num_samples", "chunk_size")
+@jit_entry("method", "num_samples", "chunk_size")
 def hessian_trace(
     loss: Loss,
     params: Any,
@@ -582,11 +352,10 @@ def hessian_trace(
         key: PRNG key, needed by the randomised methods.
         method: ``"exact"`` (sum of the exact diagonal, ``P`` products), ``"hutchinson"``
             (mean of ``zᵀHz`` over Rademacher ``z``) or ``"hutch++"`` (variance-reduced: a third
-            of the budget sketches the top subspace, whose trace is taken exactly). Hutch++'s
-            ``stderr`` covers only the residual Hutchinson term *given the sketch*: the
-            sketch's own randomness is ignored, so it understates the spread of the estimate
-            over keys, most at small ``num_samples`` (at 12 samples, z-scores over many keys
-            had a standard deviation of about 2 instead of 1).
+            of the budget sketches the top subspace, whose trace is taken exactly; see
+            :func:`jaxjac._trace.hutchpp`). Hutch++'s ``stderr`` covers only the residual
+            Hutchinson term *given the sketch*: the sketch's own randomness is ignored, so it
+            understates the spread of the estimate over keys, most at small ``num_samples``.
         num_samples: total Hessian-vector products for the randomised methods (Hutchinson: at
             least 2; Hutch++: at least 4, split ``k = ⌊S/3⌋`` sketch, ``k`` exact, ``S − 2k``
             Hutchinson probes).
@@ -595,107 +364,26 @@ def hessian_trace(
     Returns:
         :class:`HessianTrace` (scalars).
     """
-    chunk_size = _positive_int("chunk_size", chunk_size, allow_none=True)
-    flat, _, matvec = _flat(_hvp_operator(loss, params, batch), params)
+    chunk_size = positive_int("chunk_size", chunk_size, allow_none=True)
+    check_choice("method", method, ("exact", "hutchinson", "hutch++"))
+    flat, _, matvec = ops.flat(ops.hvp_operator(loss, params, batch), params)
     if method == "exact":
         est = jnp.sum(_exact_diag(matvec, flat, chunk_size))
         return HessianTrace(est, jnp.zeros_like(est))
-    if method not in ("hutchinson", "hutch++"):
-        raise ValueError(f"method must be 'exact', 'hutchinson' or 'hutch++', got {method!r}")
     _need_key(key, method)
-    num_samples = _positive_int("num_samples", num_samples)
-    if num_samples < (2 if method == "hutchinson" else 4):
-        raise ValueError(f"num_samples={num_samples} is too few for {method!r}")
+    num_samples = positive_int(
+        "num_samples", num_samples, minimum=2 if method == "hutchinson" else 4
+    )
     if method == "hutchinson":
-        return HessianTrace(*_hutchinson_trace(matvec, flat, key, num_samples, chunk_size))
-    return HessianTrace(*_hutchpp_trace(matvec, flat, key, num_samples, chunk_size))
+        return HessianTrace(*_hutchinson(matvec, flat, key, num_samples, chunk_size, diag=False))
+    matvecs = chunked(matvec, chunk_size)
+    return HessianTrace(*hutchpp(matvecs, flat.size, key, num_samples, flat.dtype))
 
 
-# --- Lanczos, eigenvalues and spectral density ---------------------------------------------
+# --- eigenvalues and spectral density ----------------------------------------------------------
 
 
-def _lanczos(matvec: MatVec, v0: jax.Array, key: jax.Array, num_iters: int):
-    """Lanczos tridiagonalisation with full reorthogonalisation.
-
-    Returns ``(basis (m, n), alpha (m,), beta (m - 1,))`` with ``basis`` orthonormal rows and
-    ``T = tridiag(beta, alpha, beta) = basis H basisᵀ``. Each new vector is orthogonalised
-    against the whole basis twice (classical Gram-Schmidt, "twice is enough"), which keeps the
-    basis orthogonal to rounding, so no ghost copies of converged eigenvalues appear. If the
-    Krylov space becomes invariant (``beta`` at rounding level), the run continues from a random
-    vector orthogonal to the basis with ``beta = 0``: ``T`` splits into blocks whose eigenvalues
-    are all genuine, and ``num_iters = n`` recovers the whole spectrum. The restart vector is
-    drawn and orthogonalised only at a breakdown (:func:`jax.lax.cond`), so an ordinary step
-    costs one product and one double Gram-Schmidt pass (under ``vmap`` the cond becomes a
-    select and both branches run).
-    """
-    n, m, dtype = v0.shape[0], num_iters, v0.dtype
-    tol = 10 * math.sqrt(n) * jnp.finfo(dtype).eps
-    basis = jnp.zeros((m + 1, n), dtype).at[0].set(v0 / jnp.linalg.norm(v0))
-    tiny = jnp.finfo(dtype).tiny
-
-    def orthogonalise(w, basis):
-        for _ in range(2):
-            w = w - basis.T @ (basis @ w)  # rows not yet filled are zero
-        return w
-
-    def step(j, carry):
-        basis, alpha, beta, key = carry
-        v = basis[j]
-        hv = matvec(v)
-        w = orthogonalise(hv, basis)
-        b = jnp.linalg.norm(w)
-        key, sub = jax.random.split(key)
-        breakdown = b <= tol * jnp.linalg.norm(hv)
-
-        def restart():  # only at breakdown: a random direction orthogonal to the basis
-            r = orthogonalise(jax.random.normal(sub, (n,), dtype), basis)
-            return r / jnp.maximum(jnp.linalg.norm(r), tiny)
-
-        nxt = jax.lax.cond(breakdown, restart, lambda: w / b)
-        basis = basis.at[j + 1].set(nxt)
-        alpha = alpha.at[j].set(jnp.vdot(v, hv))
-        beta = beta.at[j].set(jnp.where(breakdown, 0, b))
-        return basis, alpha, beta, key
-
-    init = (basis, jnp.zeros(m, dtype), jnp.zeros(m, dtype), key)
-    basis, alpha, beta, _ = jax.lax.fori_loop(0, m, step, init)
-    return basis[:m], alpha, beta[: m - 1]
-
-
-def _ritz(alpha: jax.Array, beta: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Eigenvalues (descending) and eigenvectors (columns) of the Lanczos tridiagonal."""
-    t = jnp.diag(alpha) + jnp.diag(beta, 1) + jnp.diag(beta, -1)
-    theta, y = jnp.linalg.eigh(t)
-    return theta[::-1], y[:, ::-1]
-
-
-def _lanczos_top(matvec, flat, key, k, num_iters):
-    """Top-``k`` Ritz values ``(k,)`` and vectors ``(k, P)`` from a random start."""
-    k_start, k_run = jax.random.split(key)
-    v0 = jax.random.normal(k_start, flat.shape, flat.dtype)
-    basis, alpha, beta = _lanczos(matvec, v0, k_run, num_iters)
-    theta, y = _ritz(alpha, beta)
-    return theta[:k], y[:, :k].T @ basis
-
-
-def _num_iters(num_iters: int, k: int, size: int) -> int:
-    k = _positive_int("k", k)
-    num_iters = _positive_int("num_iters", num_iters)
-    if k > size:
-        raise ValueError(f"k={k} exceeds the parameter count {size}")
-    if num_iters < k:
-        raise ValueError(f"num_iters={num_iters} must be at least k={k}")
-    return min(num_iters, size)  # the Krylov space cannot outgrow the parameter space
-
-
-def _top_eigenvalue(loss, params, batch, key, num_iters):
-    """Largest Hessian eigenvalue by Lanczos (plain, for use inside jitted training steps)."""
-    flat, _, matvec = _flat(_hvp_operator(loss, params, batch), params)
-    theta, _ = _lanczos_top(matvec, flat, key, 1, _num_iters(num_iters, 1, flat.size))
-    return theta[0]
-
-
-@_entry("k", "method", "num_iters")
+@jit_entry("k", "method", "num_iters")
 def hessian_eigs(
     loss: Loss,
     params: Any,
@@ -724,29 +412,24 @@ def hessian_eigs(
     Returns:
         :class:`HessianEigs`, eigenvalues descending.
     """
-    k = _positive_int("k", k)
-    flat, unravel, matvec = _flat(_hvp_operator(loss, params, batch), params)
+    k = positive_int("k", k)
+    check_choice("method", method, ("lanczos", "dense"))
+    flat, unravel, matvec = ops.flat(ops.hvp_operator(loss, params, batch), params)
     if method == "lanczos":
         _need_key(key, method)
-        theta, vecs = _lanczos_top(matvec, flat, key, k, _num_iters(num_iters, k, flat.size))
-    elif method == "dense":
-        _num_iters(k, k, flat.size)
-        hess = jax.hessian(lambda w: loss(unravel(w), batch))(flat)
-        theta, y = _ritz_dense(hess)
-        theta, vecs = theta[:k], y[:, :k].T
+        m = ops.check_num_iters(num_iters, k, flat.size)
+        theta, vecs = ops.lanczos_top(matvec, flat, key, k, m)
     else:
-        raise ValueError(f"method must be 'lanczos' or 'dense', got {method!r}")
+        ops.check_num_iters(k, k, flat.size)
+        hess = jax.hessian(lambda w: loss(unravel(w), batch))(flat)
+        # Symmetrise: autodiff Hessians are symmetric only to rounding.
+        theta, y = jnp.linalg.eigh(0.5 * (hess + hess.T))
+        theta, vecs = theta[::-1][:k], y[:, ::-1][:, :k].T
     residuals = jnp.linalg.norm(jax.vmap(matvec)(vecs) - theta[:, None] * vecs, axis=1)
     return HessianEigs(theta, jax.vmap(unravel)(vecs), residuals)
 
 
-def _ritz_dense(hess: jax.Array) -> tuple[jax.Array, jax.Array]:
-    # Symmetrise: autodiff Hessians are symmetric only to rounding.
-    theta, y = jnp.linalg.eigh(0.5 * (hess + hess.T))
-    return theta[::-1], y[:, ::-1]
-
-
-@_entry("num_iters")
+@jit_entry("num_iters")
 def sharpness(
     loss: Loss, params: Any, batch: Any, key: jax.Array, *, num_iters: int = 20
 ) -> jax.Array:
@@ -766,7 +449,7 @@ def sharpness(
     Returns:
         Scalar.
     """
-    return _top_eigenvalue(loss, params, batch, key, num_iters)
+    return ops.top_eigenvalue(loss, params, batch, key, num_iters)
 
 
 def spectral_density(
@@ -814,17 +497,17 @@ def spectral_density(
     )
 
 
-@_entry("num_probes", "num_iters")
-def _spectral_density(loss, params, batch, key, grid, *, sigma, num_probes, num_iters):
-    num_probes = _positive_int("num_probes", num_probes)
-    flat, _, matvec = _flat(_hvp_operator(loss, params, batch), params)
-    m = _num_iters(num_iters, 1, flat.size)
+@jit_entry("num_probes", "num_iters")
+def _spectral_density(f, params, batch, key, grid, *, sigma, num_probes, num_iters):
+    num_probes = positive_int("num_probes", num_probes)
+    flat, _, matvec = ops.flat(ops.hvp_operator(f, params, batch), params)
+    m = ops.check_num_iters(num_iters, 1, flat.size)
 
     def probe(k):
         k_start, k_run = jax.random.split(k)
         v0 = jax.random.rademacher(k_start, flat.shape, flat.dtype)
-        _, alpha, beta = _lanczos(matvec, v0, k_run, m)
-        theta, y = _ritz(alpha, beta)
+        _, alpha, beta = ops.lanczos(matvec, v0, k_run, m)
+        theta, y = ops.ritz(alpha, beta)
         return theta, y[0] ** 2
 
     nodes, weights = jax.lax.map(probe, jax.random.split(key, num_probes))
@@ -838,6 +521,9 @@ def _spectral_density(loss, params, batch, key, grid, *, sigma, num_probes, num_
 # --- empirical neural tangent kernel -----------------------------------------------------------
 
 
+# --- empirical neural tangent kernel -----------------------------------------------------------
+
+
 def _ntk_jacobian(f, params, x1, x2, chunk_size):
     """``J2`` whole, ``J1`` ``chunk_size`` rows at a time, contracted leaf by leaf.
 
@@ -846,7 +532,8 @@ def _ntk_jacobian(f, params, x1, x2, chunk_size):
     chunks, each contracted with ``J2`` as soon as it exists, bounds their memory by the chunk.
     ``x2 = None`` means ``x1``: its Jacobians are formed once and contracted with themselves.
     """
-    jac2 = _batch_weight_jacobian(f, params, x1 if x2 is None else x2, "rev", chunk_size)
+    jacobians = jax.vmap(lambda x: _autodiff.weight_jacobian(f, params, x, "rev"))
+    jac2 = map_chunks(jacobians, x1 if x2 is None else x2, chunk_size)
 
     def block(jac1):  # leaves (c, n_out) + leaf.shape -> Θ[rows]: (c, N2, n_out, n_out)
         def contract(j1, j2):
@@ -865,14 +552,13 @@ def _ntk_jacobian(f, params, x1, x2, chunk_size):
             return block(jax.tree_util.tree_map(lambda j: j[idx], jac2))
 
         return map_chunks(rows, jnp.arange(x1.shape[0]), chunk_size)
-    jacobians = functools.partial(_batch_weight_jacobian, f, params, mode="rev")
     return map_chunks(lambda xs: block(jacobians(xs)), x1, chunk_size)
 
 
 def _ntk_products(f, params, x1, x2):
     """``v ↦ Θ v`` for ``v`` of shape ``(N2, n_out)``: ``J1 (J2ᵀ v)``, never forming ``J``."""
-    _, jvp1 = jax.linearize(lambda p: _outputs(f, p, x1), params)
-    out2, vjp2 = jax.vjp(lambda p: _outputs(f, p, x2), params)
+    _, jvp1 = jax.linearize(lambda p: ops.outputs(f, p, x1), params)
+    out2, vjp2 = jax.vjp(lambda p: ops.outputs(f, p, x2), params)
     return out2, lambda v: jvp1(vjp2(v)[0])
 
 
@@ -883,11 +569,11 @@ def _ntk_ntvp(f, params, x1, x2, chunk_size):
     def column(idx):  # Θ[:, b, :, j] for idx = b·n_out + j, as (N1, n_out)
         return product(jnp.zeros(n2 * n_out, out2.dtype).at[idx].set(1).reshape(n2, n_out))
 
-    cols = _map(column, jnp.arange(n2 * n_out), chunk_size)  # (N2·n_out, N1, n_out)
+    cols = map_chunks(jax.vmap(column), jnp.arange(n2 * n_out), chunk_size)  # (N2·n_out, N1, n_out)
     return cols.reshape(n2, n_out, *cols.shape[1:]).transpose(2, 0, 3, 1)
 
 
-@_entry("method", "chunk_size")
+@jit_entry("method", "chunk_size")
 def ntk(
     f: Fn,
     params: Any,
@@ -921,18 +607,17 @@ def ntk(
         output index of ``x1``'s example, then that of ``x2``'s. For ``x2 = x1`` the
         ``(N1 n_out) × (N1 n_out)`` matrix ``Θ.transpose(0, 2, 1, 3)`` is symmetric PSD.
     """
-    chunk_size = _positive_int("chunk_size", chunk_size, allow_none=True)
+    chunk_size = positive_int("chunk_size", chunk_size, allow_none=True)
+    check_choice("method", method, ("jacobian", "ntvp"))
     x1 = jnp.asarray(x1)
     if method == "jacobian":
         # The Jacobian route never looks at the outputs' shape: check it on one example.
-        _check_vector(jax.eval_shape(f, params, x1[0]).shape)
+        ops.check_vector(jax.eval_shape(f, params, x1[0]).shape)
         return _ntk_jacobian(f, params, x1, None if x2 is None else jnp.asarray(x2), chunk_size)
-    if method == "ntvp":
-        return _ntk_ntvp(f, params, x1, x1 if x2 is None else jnp.asarray(x2), chunk_size)
-    raise ValueError(f"method must be 'jacobian' or 'ntvp', got {method!r}")
+    return _ntk_ntvp(f, params, x1, x1 if x2 is None else jnp.asarray(x2), chunk_size)
 
 
-@_entry()
+@jit_entry()
 def ntk_vp(f: Fn, params: Any, x1: ArrayLike, x2: ArrayLike, v: ArrayLike) -> jax.Array:
     """NTK-vector product ``Σ_{b,j} Θ[a, b, i, j] v[b, j] = J1 (J2ᵀ v)``, matrix-free.
 
@@ -953,16 +638,20 @@ def ntk_vp(f: Fn, params: Any, x1: ArrayLike, x2: ArrayLike, v: ArrayLike) -> ja
     return product(jnp.asarray(v))
 
 
-def _mlp_adjoints(params: MLPParams, x: jax.Array, act: Activation):
-    """Per layer: adjoints ``G_l = ∂A/∂z_l`` ``(B, n_out, out_l)``, inputs ``(B, in_l)``."""
-    fw = _forward(params, x, act, second=False)
-    n_out = params[-1]["W"].shape[0]
-    g = jnp.broadcast_to(jnp.eye(n_out, dtype=x.dtype), (x.shape[0], n_out, n_out))
-    adjoints = [g]
-    for i in range(len(params) - 1, 0, -1):
-        g = jnp.einsum("bko,oi->bki", g, params[i]["W"]) * fw.d1[i - 1][:, None, :]
-        adjoints.append(g)
-    return adjoints[::-1], fw.acts
+def _mlp_adjoints(
+    params: MLPParams, x: jax.Array, act: Activation
+) -> tuple[list[jax.Array], list[jax.Array]]:
+    """Per layer ``l = 1 … n``: ``G_l = ∂A/∂z_l`` ``(B, n_out, out_l)`` and inputs ``(B, in_l)``.
+
+    ``G_n = I`` and, for the hidden layers, ``G_l = δ_l ⊙ σ'(z_l)`` with ``δ_l = ∂A/∂a_l`` from
+    :func:`jaxjac._mlp.adjoints`.
+    """
+    fw = _mlp.forward(params, x, act, second=False)
+    batch, n_out = x.shape[0], fw.out.shape[-1]
+    deltas = _mlp.adjoints(params, fw.d1, batch)
+    hidden = [delta * s[:, None, :] for delta, s in zip(deltas, fw.d1, strict=True)]
+    top = jnp.broadcast_to(jnp.eye(n_out, dtype=fw.out.dtype), (batch, n_out, n_out))
+    return [*hidden, top], fw.acts
 
 
 def _mlp_ntk(params, x1, x2, act):

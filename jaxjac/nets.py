@@ -83,6 +83,11 @@ def validate_mlp_params(params: MLPParams) -> list[int]:
             raise ValueError(
                 f"layer {i}: b must have shape ({w_shape[0]},) to match W {w_shape}, got {b_shape}"
             )
+        if 0 in w_shape:
+            raise ValueError(
+                f"layer {i}: W has shape {w_shape}; every layer needs at least one input and one "
+                "output (a zero-width layer, zero inputs or zero outputs has no derivatives)"
+            )
         if i == 0:
             sizes.append(w_shape[1])
         elif w_shape[1] != sizes[-1]:

@@ -26,16 +26,16 @@ import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
 
-from jaxjac.curvature import (
+from jaxjac._checks import check_choice, positive_int
+from jaxjac._curvature_ops import (
     Fn,
     Loss,
     LossKind,
-    _check_kind,
-    _fisher_operator,
-    _flat,
-    _ggn_operator,
-    _positive_int,
-    _top_eigenvalue,
+    check_kind,
+    fisher_operator,
+    flat,
+    ggn_operator,
+    top_eigenvalue,
 )
 
 __all__ = [
@@ -166,13 +166,12 @@ def scale_by_gauss_newton(
         A transformation whose ``update(updates, state, params, *, batch=(x, y))`` returns
         ``(C + λI)⁻¹ updates``, a pytree like ``params``; state :class:`GaussNewtonState`.
     """
-    _check_kind(loss_kind)
-    if curvature not in _CURVATURES:
-        raise ValueError(f"curvature must be one of {_CURVATURES}, got {curvature!r}")
+    check_kind(loss_kind)
+    check_choice("curvature", curvature, _CURVATURES)
     if not damping > 0:
         raise ValueError(f"damping must be positive, got {damping!r}")
-    cg_iters = _positive_int("cg_iters", cg_iters)
-    make_operator = _ggn_operator if curvature == "ggn" else _fisher_operator
+    cg_iters = positive_int("cg_iters", cg_iters)
+    make_operator = ggn_operator if curvature == "ggn" else fisher_operator
 
     def init_fn(params):
         return GaussNewtonState(jnp.zeros((), jnp.int32), jnp.zeros((), _flat_dtype(params)))
@@ -182,7 +181,7 @@ def scale_by_gauss_newton(
         _require(params, batch, "scale_by_gauss_newton")
         x, y = _inputs_and_targets(batch, "scale_by_gauss_newton")
         operator = make_operator(f, loss_kind, params, jnp.asarray(x), jnp.asarray(y))
-        _, _, matvec = _flat(operator, params)
+        _, _, matvec = flat(operator, params)
         g, unravel = ravel_pytree(updates)
         d, residual = _conjugate_gradient(lambda w: matvec(w) + damping * w, g, cg_iters)
         return unravel(d), GaussNewtonState(state.count + 1, residual)
@@ -243,8 +242,8 @@ def track_sharpness(
         A transformation with state :class:`SharpnessState`; call
         ``update(updates, state, params, batch=batch)``.
     """
-    every = _positive_int("every", every)
-    num_iters = _positive_int("num_iters", num_iters)
+    every = positive_int("every", every)
+    num_iters = positive_int("num_iters", num_iters)
 
     def init_fn(params):
         return SharpnessState(
@@ -257,7 +256,7 @@ def track_sharpness(
         next_key, sub = jax.random.split(state.key)
         value = jax.lax.cond(
             state.count % every == 0,
-            lambda: _top_eigenvalue(loss, params, batch, sub, num_iters),
+            lambda: top_eigenvalue(loss, params, batch, sub, num_iters),
             lambda: state.sharpness,
         )
         return updates, SharpnessState(state.count + 1, next_key, value)

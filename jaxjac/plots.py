@@ -1,4 +1,4 @@
-"""Plots of a :class:`~jaxjac.sensitivity.SensitivityReport` (matplotlib, imported lazily).
+"""Plots of a :class:`~jaxjac.measures.SensitivityReport` (matplotlib, imported lazily).
 
 The figures are drawn on matplotlib's Agg canvas directly (``Figure`` + ``FigureCanvasAgg``),
 without ``pyplot``: no global backend is switched, no window opens, nothing is left in
@@ -15,7 +15,7 @@ from typing import IO, TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from jaxjac.sensitivity import SensitivityReport
+    from jaxjac.measures import SensitivityReport
 
 __all__ = ["plot_interactions", "plot_sensitivity"]
 

@@ -33,10 +33,11 @@ the devices, and the small result comes back replicated on every device: nothing
 is gathered. Moments combine stably: each device takes its mean and ``M2`` in two passes over
 its rows, and ``M2 = Σ_d [M2_d + n_d (mean_d - mean)²]`` (every term non-negative, no
 ``E[x²] - E[x]²`` cancellation). Padded rows, and rows whose ``mask`` entry is ``False``, have
-weight 0 (selected out with ``where``, so a non-finite value there cannot leak in).
-:func:`batch_jacobian_gram` (``JᵀJ``), :func:`batch_jacobian_abs_sq` (``|J|`` and ``J²``) and
-:func:`batch_jacobian_norm` (``‖J‖_F``) give the usual summands; e.g. ``E[JᵀJ]`` is
-``sharded(batch_jacobian_gram, reduce="sum")(f, params, xs)``, ``total / count``.
+weight 0 (selected out with ``where``, so a non-finite value there cannot leak in). The same
+reduction is :func:`reduce_rows`, for programs of one's own inside :func:`jax.shard_map`.
+:func:`jaxjac.batch_jacobian_gram` (``JᵀJ``), :func:`jaxjac.batch_jacobian_abs_sq` (``|J|`` and
+``J²``) and :func:`jaxjac.batch_jacobian_norm` (``‖J‖_F``) give the usual summands; e.g.
+``E[JᵀJ]`` is ``sharded(batch_jacobian_gram, reduce="sum")(f, params, xs)``, ``total / count``.
 
 **Several hosts.** :func:`initialize_from_env` calls :func:`jax.distributed.initialize` from
 ``JAXJAC_COORDINATOR`` (``host:port`` of process 0), ``JAXJAC_NUM_PROCESSES`` and
@@ -66,27 +67,19 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from jax.typing import ArrayLike
 
+from jaxjac import _moments
+from jaxjac._checks import positive_int
 from jaxjac._chunks import map_chunks
-from jaxjac.derivatives import (
-    Mode,
-    _check_chunk_size,
-    _input_jacobian,
-    _jit_entry,
-    _map_batch,
-    _PartialHead,
-    _split_partial,
-)
+from jaxjac._jit import PartialHead, jit_entry, join_partial, split_partial
 
 __all__ = [
     "BatchMoments",
     "BatchSum",
-    "batch_jacobian_abs_sq",
-    "batch_jacobian_gram",
-    "batch_jacobian_norm",
     "global_batch",
     "host_slice",
     "initialize_from_env",
     "make_mesh",
+    "reduce_rows",
     "sharded",
 ]
 
@@ -166,14 +159,13 @@ def make_mesh(devices: Devices = None, *, axis_name: str = "batch") -> Mesh:
 
 
 class _Spec(NamedTuple):
-    """Everything static about one sharded call: the jit cache key."""
+    """Everything static about one sharded call but the helper: with it, the jit cache key."""
 
-    fn: Callable
     mesh: Mesh
     axis_name: str
     batch_name: str
     static: tuple[tuple[str, Any], ...]
-    heads: tuple[tuple[str, _PartialHead], ...]
+    heads: tuple[tuple[str, PartialHead], ...]
     n_rows: int
     chunk_size: int | None
     reduce: str | None
@@ -195,7 +187,7 @@ def _split_arguments(arguments: Mapping[str, Any]):
     """Split bound arguments into static options, partial heads and replicated arrays."""
     static, heads, dynamic = [], [], {}
     for name, value in arguments.items():
-        split = _split_partial(value)
+        split = split_partial(value)
         if split is not None:
             heads.append((name, split[0]))
             dynamic[name] = split[1]
@@ -213,13 +205,15 @@ def _split_arguments(arguments: Mapping[str, Any]):
     return tuple(static), tuple(heads), dynamic
 
 
-def _call(spec: _Spec, dynamic: dict[str, Any], xs: jax.Array) -> Any:
+def _call(fn: Callable, spec: _Spec, dynamic: dict[str, Any], xs: jax.Array) -> Any:
     kwargs = dict(spec.static)
     kwargs.update(dynamic)
     for name, head in spec.heads:
-        kwargs[name] = functools.partial(head.func, *dynamic[name], **dict(head.keywords))
+        kwargs[name] = join_partial(head, dynamic[name])
     kwargs[spec.batch_name] = xs
-    return spec.fn(**kwargs)
+    # Positionally where the signature allows: jit-cached helpers take ``f`` first, positionally.
+    bound = inspect.signature(fn).bind(**kwargs)
+    return fn(*bound.args, **bound.kwargs)
 
 
 def _where_rows(mask: jax.Array, v: jax.Array) -> jax.Array:
@@ -227,8 +221,26 @@ def _where_rows(mask: jax.Array, v: jax.Array) -> jax.Array:
     return jnp.where(mask.reshape(mask.shape + (1,) * (v.ndim - 1)), v, jnp.zeros((), v.dtype))
 
 
-def _reduce(values: Any, mask: jax.Array, kind: str, axis_name: str) -> BatchSum | BatchMoments:
-    """Reduce this device's ``(b, …)`` values over its rows, then over devices with ``psum``."""
+def reduce_rows(
+    values: Any, mask: jax.Array, kind: Reduce, axis_name: str
+) -> BatchSum | BatchMoments:
+    """Reduce this device's rows over the batch, then over the devices with one ``psum``.
+
+    Call it inside :func:`jax.shard_map` (or another map over ``axis_name``); the result is the
+    same on every device.
+
+    Args:
+        values: pytree of this device's per-row values, leaves ``(b,) + shape``.
+        mask: ``(b,)`` bool; rows where it is ``False`` weigh nothing (selected out with
+            ``where``, so a non-finite value there cannot leak in).
+        kind: ``"sum"`` for a :class:`BatchSum`, ``"moments"`` for :class:`BatchMoments`.
+        axis_name: the mapped axis of the devices.
+
+    Returns:
+        The reduction over every device's unmasked rows, leaves ``shape``.
+    """
+    if kind not in _REDUCE[1:]:
+        raise ValueError(f"kind must be one of {_REDUCE[1:]}, got {kind!r}")
     local_n = jnp.sum(mask)
     count = jax.lax.psum(local_n, axis_name)
 
@@ -239,13 +251,11 @@ def _reduce(values: Any, mask: jax.Array, kind: str, axis_name: str) -> BatchSum
         return BatchSum(count, jax.tree_util.tree_map(total, values))
 
     def moments(v):
-        n_d, n = local_n.astype(v.dtype), count.astype(v.dtype)
-        s_d = jnp.sum(_where_rows(mask, v), axis=0)
-        mean_d = s_d / jnp.maximum(n_d, 1)  # 0 on a device with no rows; n_d = 0 weights it 0
+        # Two passes on this device's rows; mean 0 on a device without rows (it weighs 0).
+        mean_d = jnp.sum(_where_rows(mask, v), axis=0) / jnp.maximum(local_n, 1).astype(v.dtype)
         m2_d = jnp.sum(jnp.square(_where_rows(mask, v - mean_d)), axis=0)
-        mean = jax.lax.psum(s_d, axis_name) / jnp.maximum(n, 1)
-        # Chan et al. over devices: within-device M2 plus the between-device term, both ≥ 0.
-        return mean, jax.lax.psum(m2_d + n_d * jnp.square(mean_d - mean), axis_name)
+        m = _moments.combine_over_axis(_moments.Moments(local_n, mean_d, m2_d), axis_name)
+        return m.mean, m.m2
 
     pairs = jax.tree_util.tree_map(moments, values)
     outer = jax.tree_util.tree_structure(values)
@@ -253,11 +263,15 @@ def _reduce(values: Any, mask: jax.Array, kind: str, axis_name: str) -> BatchSum
     return BatchMoments(count, mean, m2)
 
 
-@functools.partial(jax.jit, static_argnames=("spec",))
-def _run(spec: _Spec, dynamic: dict[str, Any], xs: jax.Array, mask: jax.Array | None) -> Any:
+@jit_entry("spec")
+def _run(f: Callable, dynamic: dict[str, Any], xs: jax.Array, mask: Any, *, spec: _Spec) -> Any:
+    """The compiled sharded call of the helper ``f``: once per (``f``, ``spec``, shapes)."""
+
     def local(dynamic, xs, mask):
-        values = map_chunks(functools.partial(_call, spec, dynamic), xs, spec.chunk_size)
-        return values if spec.reduce is None else _reduce(values, mask, spec.reduce, spec.axis_name)
+        values = map_chunks(functools.partial(_call, f, spec, dynamic), xs, spec.chunk_size)
+        if spec.reduce is None:
+            return values
+        return reduce_rows(values, mask, spec.reduce, spec.axis_name)
 
     batch = P(spec.axis_name)
     # check_vma=False: with JAX's tracking of which values vary over the batch axis, (1) the
@@ -338,7 +352,7 @@ def sharded(
     """
     if reduce not in _REDUCE:
         raise ValueError(f"reduce must be one of {_REDUCE}, got {reduce!r}")
-    _check_chunk_size(chunk_size)
+    positive_int("chunk_size", chunk_size, allow_none=True)
     mesh = make_mesh(devices, axis_name=axis_name)
     sig = inspect.signature(fn)
     batch_name = _batch_name(fn, sig, batch_arg)
@@ -362,79 +376,10 @@ def sharded(
             elif np.shape(mask) != (n_rows,):
                 raise ValueError(f"mask must have shape ({n_rows},), got {np.shape(mask)}")
             mask = jax.device_put(_pad_rows(mask, pad, copy_last=False), rows)
-        spec = _Spec(fn, mesh, axis_name, batch_name, static, heads, n_rows, chunk_size, reduce)
-        return _run(spec, jax.device_put(dynamic, replicated), xs, mask)
+        spec = _Spec(mesh, axis_name, batch_name, static, heads, n_rows, chunk_size, reduce)
+        return _run(fn, jax.device_put(dynamic, replicated), xs, mask, spec=spec)
 
     return call
-
-
-# --- summands of the usual reductions ----------------------------------------------------------
-
-
-def _flat_jacobian(f, params, x, mode):
-    jac = _input_jacobian(f, params, x, mode)
-    return jac.reshape(-1, x.size)  # (f_out.size, x.size)
-
-
-@_jit_entry("mode", "chunk_size")
-def batch_jacobian_gram(
-    f: Callable, params: Any, xs: ArrayLike, *, mode: Mode = "auto", chunk_size: int | None = None
-) -> jax.Array:
-    """``JᵀJ`` of every example's input Jacobian (summed by ``reduce="sum"``: ``B·E[JᵀJ]``).
-
-    Args:
-        f: ``f(params, x) -> array``.
-        params: pytree, shared by all examples.
-        xs: ``(B,) + x.shape``.
-        mode: as in :func:`jaxjac.input_jacobian`.
-        chunk_size: as in :func:`jaxjac.batch_input_jacobian`.
-
-    Returns:
-        ``(B, n, n)`` with ``n = x.size``, the Jacobian flattened to ``(f_out.size, n)``.
-    """
-
-    def gram(x):
-        jac = _flat_jacobian(f, params, x, mode)
-        return jac.T @ jac
-
-    return _map_batch(gram, jnp.asarray(xs), chunk_size)
-
-
-@_jit_entry("mode", "chunk_size")
-def batch_jacobian_abs_sq(
-    f: Callable, params: Any, xs: ArrayLike, *, mode: Mode = "auto", chunk_size: int | None = None
-) -> tuple[jax.Array, jax.Array]:
-    """``|J|`` and ``J²`` entrywise, the summands of per-(output, feature) sensitivities.
-
-    Args:
-        f, params, xs, mode, chunk_size: as in :func:`batch_jacobian_gram`.
-
-    Returns:
-        ``(abs, sq)``, each ``(B,) + f_out.shape + x.shape``.
-    """
-
-    def abs_sq(x):
-        jac = _input_jacobian(f, params, x, mode)
-        return jnp.abs(jac), jnp.square(jac)
-
-    return _map_batch(abs_sq, jnp.asarray(xs), chunk_size)
-
-
-@_jit_entry("mode", "chunk_size")
-def batch_jacobian_norm(
-    f: Callable, params: Any, xs: ArrayLike, *, mode: Mode = "auto", chunk_size: int | None = None
-) -> jax.Array:
-    """Frobenius norm ``‖J‖_F`` of every example's input Jacobian.
-
-    Args:
-        f, params, xs, mode, chunk_size: as in :func:`batch_jacobian_gram`.
-
-    Returns:
-        ``(B,)``; under :func:`sharded` it stays sharded per example.
-    """
-    return _map_batch(
-        lambda x: jnp.linalg.norm(_flat_jacobian(f, params, x, mode)), jnp.asarray(xs), chunk_size
-    )
 
 
 # --- several hosts -----------------------------------------------------------------------------

@@ -982,7 +982,7 @@ print(jax.devices())
 
 `jj.batch_input_jacobian(f, params, xs)` computes every example's Jacobian inside one compiled
 program (no cross-example terms are formed). For jaxjac's own MLP (`jj.mlp_function`) it takes
-the closed form of notebook 02, for any other `f(params, x)` autodiff (`mode="autodiff"` forces
+the closed form of notebook 02, for any other `f(params, x)` autodiff (`route="autodiff"` forces
 that route here). Both are compared with a Python loop over `jj.input_jacobian`, one call per
 example, on a `[32, 256, 256, 8]` tanh network in float32:
 """),
@@ -1004,14 +1004,14 @@ def timed(fn, repeat=3):
 
 
 Js = jj.batch_input_jacobian(net, params, xs)
-Js_auto = jj.batch_input_jacobian(net, params, xs, mode="autodiff")
+Js_auto = jj.batch_input_jacobian(net, params, xs, route="autodiff")
 Js_loop = jnp.stack([jj.input_jacobian(net, params, x) for x in xs[:64]])
 np.testing.assert_allclose(Js, Js_auto, rtol=1e-4, atol=1e-6)
 np.testing.assert_allclose(Js[:64], Js_loop, rtol=1e-4, atol=1e-6)
 print("batched Jacobians:", Js.shape, Js.dtype, "- closed form, autodiff and the loop agree")
 
 t_closed = timed(lambda: jj.batch_input_jacobian(net, params, xs))
-t_auto = timed(lambda: jj.batch_input_jacobian(net, params, xs, mode="autodiff"))
+t_auto = timed(lambda: jj.batch_input_jacobian(net, params, xs, route="autodiff"))
 t_loop = timed(lambda: [jj.input_jacobian(net, params, x) for x in xs[:128]], repeat=1)
 timings = {
     "batched, closed form": t_closed,
@@ -1024,7 +1024,7 @@ for name, t in timings.items():
     md(r"""
 ## Why did the library do that? `jj.explain`
 
-The batched helpers leave three decisions to a planner: the **route** (closed form for jaxjac
+The batched helpers leave three decisions to one resolver (`jj.routes`): the **route** (closed form for jaxjac
 MLPs, else autodiff), the **accumulation order** (forward mode carries $n_\text{in}$ tangents,
 reverse mode $n_\text{out}$ cotangents; the closed form counts multiply-adds of the two matrix
 product orders), and the **chunk size** (from a memory budget, if one is given).
@@ -1035,7 +1035,7 @@ measured by compiling the program on small batches:
     code("""
 print(jj.explain("input_jacobian", net, params, xs))
 print()
-print(jj.explain("input_jacobian", net, params, xs, mode="autodiff"))
+print(jj.explain("input_jacobian", net, params, xs, route="autodiff"))
 print()
 
 
@@ -1064,7 +1064,7 @@ reuses memory between buffers whose lifetimes do not overlap, so the temporary s
 program's peak scratch memory: known before anything runs, deterministic, and independent of
 other processes on the machine (unlike the peak RSS of a process, which also counts the Python
 interpreter, JAX itself and the allocator's caching). Peak memory of a call is about
-arguments + outputs + temporaries. The planner (`jj.explain`) uses the same analysis, so its
+arguments + outputs + temporaries. The resolver (`jj.explain`) uses the same analysis, so its
 estimate $\text{fixed} + c\cdot(\text{per example} + \text{result per example})$ is drawn next
 to the measurement.
 """),
@@ -1076,16 +1076,16 @@ ref = jj.batch_input_jacobian(net, params, xs_big)
 measured = {}
 for route in ("closed_form", "autodiff"):
     for c in chunk_sizes:
-        call = jax.jit(lambda p, x: jj.batch_input_jacobian(net, p, x, mode=route, chunk_size=c))
+        call = jax.jit(lambda p, x: jj.batch_input_jacobian(net, p, x, route=route, chunk_size=c))
         compiled = call.lower(params, xs_big).compile()
         mem = compiled.memory_analysis()
         seconds = timed(lambda: compiled(params, xs_big), repeat=3)
-        plan = jj.explain("input_jacobian", net, params, xs_big, mode=route, chunk_size=c)
+        plan = jj.explain("input_jacobian", net, params, xs_big, route=route, chunk_size=c)
         temp, out = mem.temp_size_in_bytes, mem.output_size_in_bytes
         measured[route, c or B] = (temp, out, plan.temp_bytes, seconds)
         print(
             f"{route:11s} chunk_size={str(c):5s} temporaries {temp / 2**20:7.2f} MiB"
-            f" (planner: {plan.temp_bytes / 2**20:6.2f} MiB)   output {out / 2**20:5.2f} MiB"
+            f" (resolver: {plan.temp_bytes / 2**20:6.2f} MiB)   output {out / 2**20:5.2f} MiB"
             f"   {seconds * 1e3:6.1f} ms"
         )
         np.testing.assert_allclose(compiled(params, xs_big), ref, rtol=1e-4, atol=1e-6)
@@ -1099,7 +1099,7 @@ for route, marker in (("closed_form", "o"), ("autodiff", "s")):
     cs = [c for (r, c) in measured if r == route]
     temp, out, pred, secs = (np.array(v, float) for v in zip(*(measured[route, c] for c in cs)))
     (line,) = ax0.loglog(cs, temp / 2**20, marker + "-", label=f"{route}: measured")
-    ax0.loglog(cs, pred / 2**20, marker + ":", color=line.get_color(), label=f"{route}: planner")
+    ax0.loglog(cs, pred / 2**20, marker + ":", color=line.get_color(), label=f"{route}: resolver")
     ax1.semilogx(cs, secs * 1e3, marker + "-", label=route)
 ax0.axhline(out[0] / 2**20, color="0.4", ls="--", lw=1, label="output (B, n_out, n_in)")
 ax0.set(xlabel="chunk size (examples at a time)", ylabel="MiB", title=f"temporary memory, B = {B}")
@@ -1113,13 +1113,13 @@ Temporary memory grows linearly with the chunk size, while the time hardly depen
 CPU a chunk of a few hundred examples is as fast as the whole batch or faster (its intermediates
 stay in cache), at a small fraction of the memory. The closed form knows this: given a large
 batch in one piece it steps through blocks of a few MiB of rows by itself (512 rows here), so
-its whole-batch temporaries stop at 8.5 MiB where autodiff's reach 64 MiB, and the planner's
+its whole-batch temporaries stop at 8.5 MiB where autodiff's reach 64 MiB, and the resolver's
 estimate (`step_rows` in `jj.explain`) follows it. On a GPU, larger chunks pay off until the
 device is saturated. (Timings here are taken on a shared 2-core machine: expect noise.)
 The output cannot shrink: when even `(B, n_out, n_in)` is too large, reduce as you go (below,
 or `jj.sensitivity`, which streams chunks and keeps only running statistics).
 
-**A memory budget instead of a chunk size.** `max_memory_bytes=` asks the planner for the largest
+**A memory budget instead of a chunk size.** `max_memory_bytes=` asks the resolver for the largest
 chunk whose temporaries fit; `jj.explain` shows its choice, and the compiled program confirms it:
 """),
     code("""
@@ -1131,7 +1131,7 @@ print(
     f"\\ncompiled program: {temp / 2**20:.2f} MiB of temporaries"
     f" for a budget of {budget / 2**20:.0f} MiB (within budget: {temp <= budget})"
 )
-assert temp <= budget, "the planner's chunk must fit the budget it was given"
+assert temp <= budget, "the resolver's chunk must fit the budget it was given"
 np.testing.assert_allclose(call(params, xs_big), ref, rtol=1e-4, atol=1e-6)
 """),
     md(r"""

@@ -32,8 +32,8 @@ def main(data_path: str, out_path: str, chunk: int) -> None:
     n_rows = data.shape[0]
     mine = np.asarray(data[sh.host_slice(n_rows)])  # only this host's rows are read
     mesh = sh.make_mesh()  # every device of both processes
-    stats = sh.sharded(sh.batch_jacobian_abs_sq, mesh, reduce="sum")
-    norms_of = sh.sharded(sh.batch_jacobian_norm, mesh)
+    stats = sh.sharded(jj.batch_jacobian_abs_sq, mesh, reduce="sum")
+    norms_of = sh.sharded(jj.batch_jacobian_norm, mesh)
 
     count, total_abs, total_sq, norms = 0, 0.0, 0.0, []
     per_host = -(-n_rows // jax.process_count())  # the largest slice: same steps on every host

@@ -17,6 +17,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 import jaxjac as jj
+from jaxjac import _curvature_ops as ops
 from jaxjac import curvature as cv
 from tests.helpers import assert_close, exact_rtol
 
@@ -222,6 +223,26 @@ def test_hutchpp_reduces_the_standard_error():
     assert pp.stderr < 0.1 * plain.stderr, (pp, plain)
 
 
+def test_hutchpp_is_exact_once_the_sketch_spans_the_space():
+    # k = ⌊S/3⌋ >= P sketch products give Q spanning all of R^P: the sketched trace is the whole
+    # trace and the deflated residual vanishes, whatever the key (chunked products too).
+    params, x, y = _problem("mse")
+    flat, _, hess, _, _ = _dense("mse", params, x, y)
+    loss = cv.supervised_loss(F, "mse")
+    for seed in range(2):
+        est = cv.hessian_trace(
+            loss,
+            params,
+            (x, y),
+            jax.random.key(seed),
+            method="hutch++",
+            num_samples=3 * flat.size + 2,
+            chunk_size=7,
+        )
+        assert_close(est.estimate, np.trace(hess), RTOL, scale=np.max(np.abs(hess)) * flat.size)
+        assert est.stderr <= RTOL * np.max(np.abs(hess)) * flat.size, est
+
+
 def test_lanczos_top_k_matches_eigh():
     params, x, y = _problem("mse")
     _, _, hess, _, _ = _dense("mse", params, x, y)
@@ -288,7 +309,7 @@ def test_lanczos_survives_invariant_subspaces():
     params = {"a": jnp.ones(4, F64), "b": jnp.ones(3, F64)}
     d = jnp.array([3.0, 3.0, 1.0, 1.0, 0.0, 0.0, -2.0], F64)
     v0 = jax.random.normal(jax.random.key(7), (7,), F64)
-    _, _, beta = cv._lanczos(lambda w: d * w, v0, jax.random.key(8), 7)
+    _, _, beta = ops.lanczos(lambda w: d * w, v0, jax.random.key(8), 7)
     assert beta[3] == 0, beta  # the breakdown, and the restart, happen where the count says
     assert np.all(np.delete(np.asarray(beta), 3) > 1e-3), beta  # and nowhere else
     res = cv.hessian_eigs(_quadratic, params, d, jax.random.key(8), k=7, num_iters=7)
@@ -368,6 +389,16 @@ def test_ntk_routes_agree_with_dense_jacobians():
     assert np.max(np.abs(want[:, :, 0, 1] - want[:, :, 1, 0])) > 1e-3 * np.max(np.abs(want))
     v = jax.random.normal(jax.random.key(13), (5, 3), F64)
     assert_close(cv.ntk_vp(F, params, x1, x2, v), jnp.einsum("abij,bj->ai", want, v), RTOL)
+
+
+def test_mlp_ntk_without_hidden_layers():
+    # One layer: Θ[a, b, i, j] = δ_ij (x_a · x_b + 1); no hidden adjoint enters.
+    params, x1, _ = _problem("mse", sizes=[3, 2], batch=4)
+    x2 = jax.random.normal(jax.random.key(14), (5, 3), F64)
+    want = _ntk_reference(F, params, x1, x2)
+    assert_close(cv.mlp_ntk(params, x1, x2, "tanh"), want, RTOL)
+    gram = np.asarray(x1) @ np.asarray(x2).T + 1
+    assert_close(want, np.einsum("ab,ij->abij", gram, np.eye(2)), RTOL)
 
 
 @pytest.mark.parametrize("activation", ["tanh", "relu", "softplus"])
@@ -555,7 +586,7 @@ def test_cross_entropy_out_of_range_labels_give_nan():
     for bad in (-1, SIZES[-1]):
         y_bad = y.at[2].set(bad)
         assert np.isnan(jax.jit(loss)(params, (x, y_bad))), bad
-        losses = cv._example_losses("cross_entropy", jax.vmap(F, (None, 0))(params, x), y_bad)
+        losses = ops.example_losses("cross_entropy", jax.vmap(F, (None, 0))(params, x), y_bad)
         z = jax.vmap(F, (None, 0))(params, x)
         want = [_per_example_loss("cross_entropy", z[b], y[b]) for b in range(x.shape[0])]
         assert np.isnan(losses[2])

@@ -27,7 +27,7 @@ NOTEBOOKS = (
 )
 MAX_BYTES = 1_000_000  # committed files stay readable on GitHub and cheap to clone
 CELL_TIMEOUT_S = 300  # one cell; a hung kernel fails here rather than at CI's own timeout
-NOTEBOOK_BUDGET_S = 120  # issue 7: each notebook runs in under two minutes on this machine
+NOTEBOOK_BUDGET_S = 120  # each notebook runs in under two minutes on this machine
 
 
 def _image_outputs(nb) -> int:

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import jaxjac as jj
+from jaxjac.errors import CheckpointMismatchError, NonFiniteInputError
 from jaxjac.sensitivity import (
     CHECKPOINT_JSON,
     CHECKPOINT_NPZ,
@@ -294,6 +295,8 @@ def test_a_checkpoint_made_for_other_inputs_is_refused(tmp_path, tansig_case, ch
             jj.mlp_apply, params, xs, chunk_size=100, checkpoint=tmp_path, resume=True, **kwargs
         )
     # Python words: the CLI's --resume is its business.
+    assert isinstance(err.value, CheckpointMismatchError)  # the facts, for other front ends
+    assert err.value.differences and err.value.path == tmp_path
     message = str(err.value)
     assert message.endswith("; start over with resume=False, or remove the checkpoint folder")
     assert "--" not in message
@@ -324,6 +327,8 @@ def test_a_non_finite_row_is_named_or_dropped_and_counted(tansig_case):
     with pytest.raises(ValueError, match=r"column 2 \('b'\) = nan") as err:
         sensitivity(jj.mlp_apply, params, bad, feature_names=named)
     assert str(err.value).endswith("; pass drop_nonfinite=True to skip such rows")
+    assert isinstance(err.value, NonFiniteInputError)
+    assert (err.value.row, err.value.columns, err.value.names) == (4, (1,), tuple(named))
     assert "--" not in str(err.value)  # Python words: the CLI's option is its business
     dropped = sensitivity(jj.mlp_apply, params, bad, chunk_size=100, drop_nonfinite=True)
     clean = sensitivity(jj.mlp_apply, params, np.delete(xs, [4, 250], axis=0))

@@ -249,15 +249,15 @@ def test_statistics_helpers_match_the_jacobian():
     jac = np.asarray(jj.batch_input_jacobian(jj.mlp_apply, params, xs))
     rtol = exact_rtol(F64)
     assert_close(
-        sh.batch_jacobian_gram(jj.mlp_apply, params, xs), np.einsum("bki,bkj->bij", jac, jac), rtol
+        jj.batch_jacobian_gram(jj.mlp_apply, params, xs), np.einsum("bki,bkj->bij", jac, jac), rtol
     )
     assert_close(
-        sh.batch_jacobian_abs_sq(jj.mlp_apply, params, xs, chunk_size=2),
+        jj.batch_jacobian_abs_sq(jj.mlp_apply, params, xs, chunk_size=2),
         (np.abs(jac), np.square(jac)),
         rtol,
     )
     assert_close(
-        sh.batch_jacobian_norm(jj.mlp_apply, params, xs),
+        jj.batch_jacobian_norm(jj.mlp_apply, params, xs),
         np.linalg.norm(jac.reshape(5, -1), axis=1),
         rtol,
     )
@@ -269,3 +269,25 @@ def test_sharded_accepts_a_partial_with_bound_params():
     xs = jax.random.normal(jax.random.key(1), (4, 3), F64)
     got = sh.sharded(jj.batch_log_abs_det_jacobian)(f, xs)
     assert_close(got, jj.batch_log_abs_det_jacobian(f, xs), exact_rtol(F64))
+
+
+def test_reduce_rows_inside_shard_map_leaves_masked_rows_out():
+    mesh = sh.make_mesh(1)
+    values = np.arange(12.0).reshape(6, 2)
+    values[2] = np.nan  # masked out: must not leak into the sums
+    mask = np.array([True, True, False, True, False, True])
+
+    def local(v, m):
+        return sh.reduce_rows(v, m, "sum", "batch"), sh.reduce_rows({"v": v}, m, "moments", "batch")
+
+    rows = jax.sharding.PartitionSpec("batch")
+    total, mom = jax.shard_map(
+        local, mesh=mesh, in_specs=(rows, rows), out_specs=jax.sharding.PartitionSpec()
+    )(jnp.asarray(values), jnp.asarray(mask))
+    kept = values[mask]
+    assert int(total.count) == int(mom.count) == 4
+    assert_close(total.total, kept.sum(0), exact_rtol(F64))
+    assert_close(mom.mean["v"], kept.mean(0), exact_rtol(F64))
+    assert_close(mom.m2["v"], np.square(kept - kept.mean(0)).sum(0), exact_rtol(F64))
+    with pytest.raises(ValueError, match="kind"):
+        sh.reduce_rows(values, mask, "max", "batch")

@@ -1,4 +1,4 @@
-"""The route planner: route and mode choices, memory budgets, explanations, refusals."""
+"""The route resolver: route and mode choices, memory budgets, explanations, refusals."""
 
 import functools
 import itertools
@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 
 import jaxjac as jj
-from jaxjac import closed_form, planner
+from jaxjac import _mlp_cpu, closed_form, routes
+from jaxjac._mlp import mlp_activation
 from tests.helpers import assert_close, exact_rtol
 
 F64 = jnp.float64
+DERIVATIVE_TASKS = ("input_jacobian", "input_hessian", "weight_jacobian")
 
 
 def _generic(params, x):
@@ -28,34 +30,34 @@ def mlp():
 
 
 def test_recognises_jaxjac_mlps_only():
-    assert planner.mlp_activation(jj.mlp_apply).name == "tansig"
-    assert planner.mlp_activation(jj.mlp_function("relu")).name == "relu"
-    assert planner.mlp_activation(functools.partial(jj.mlp_apply, activation="gelu")).name == "gelu"
-    assert planner.mlp_activation(_generic) is None
-    assert planner.mlp_activation(lambda p, x: jj.mlp_apply(p, x)) is None
+    assert mlp_activation(jj.mlp_apply).name == "tansig"
+    assert mlp_activation(jj.mlp_function("relu")).name == "relu"
+    assert mlp_activation(functools.partial(jj.mlp_apply, activation="gelu")).name == "gelu"
+    assert mlp_activation(_generic) is None
+    assert mlp_activation(lambda p, x: jj.mlp_apply(p, x)) is None
 
 
 def test_routes_and_modes(mlp):
     params, xs = mlp
     f = jj.mlp_function("tanh")
-    p = planner.plan("input_jacobian", f, params, xs)
+    p = routes.resolve("input_jacobian", f, params, xs)
     assert (p.route, p.mode, p.chunk_size) == ("closed_form", "rev", None)
-    assert planner.plan("input_hessian", f, params, xs).mode == "layer-sum"
-    p = planner.plan("input_jacobian", f, params, xs, mode="fwd")
+    assert routes.resolve("input_hessian", f, params, xs).mode == "layer-sum"
+    p = routes.resolve("input_jacobian", f, params, xs, mode="fwd")
     assert (p.route, p.mode) == ("autodiff", "fwd")
     wide = {"W": jnp.ones((2, 9), F64)}
-    p = planner.plan("input_jacobian", _generic, wide, jnp.ones((5, 9), F64))
+    p = routes.resolve("input_jacobian", _generic, wide, jnp.ones((5, 9), F64))
     assert (p.route, p.mode) == ("autodiff", "rev")
     tall = {"W": jnp.ones((9, 2), F64)}
-    assert planner.plan("input_jacobian", _generic, tall, jnp.ones((5, 2), F64)).mode == "fwd"
+    assert routes.resolve("input_jacobian", _generic, tall, jnp.ones((5, 2), F64)).mode == "fwd"
     with pytest.raises(ValueError, match=r"closed_form.*: f is not jaxjac's MLP"):
-        planner.plan("input_jacobian", _generic, wide, jnp.ones((5, 9), F64), mode="closed_form")
+        routes.resolve("input_jacobian", _generic, wide, jnp.ones((5, 9), F64), route="closed_form")
     with pytest.raises(ValueError, match=r"params must be a non-empty list of \{'W'"):
-        planner.plan("input_jacobian", f, wide, jnp.ones((5, 9), F64), mode="closed_form")
+        routes.resolve("input_jacobian", f, wide, jnp.ones((5, 9), F64), route="closed_form")
     with pytest.raises(ValueError, match=r"closed_form.*: xs has shape \(5, 2, 6\), not"):
-        planner.plan("input_jacobian", f, params, jnp.ones((5, 2, 6), F64), mode="closed_form")
+        routes.resolve("input_jacobian", f, params, jnp.ones((5, 2, 6), F64), route="closed_form")
     with pytest.raises(ValueError, match="task must be one of"):
-        planner.plan("laplacian_of_everything", f, params, xs)
+        routes.resolve("laplacian_of_everything", f, params, xs)
 
 
 @pytest.mark.parametrize("task", ["input_jacobian", "input_hessian", "weight_jacobian"])
@@ -68,7 +70,7 @@ def test_every_route_gives_the_same_numbers(mlp, task):
     }[task]
     f = jj.mlp_function("tanh")
     closed = helper(f, params, xs)
-    autodiff = helper(f, params, xs, mode="autodiff")
+    autodiff = helper(f, params, xs, route="autodiff")
     assert_close(closed, autodiff, exact_rtol(F64), what=task)
     assert_close(helper(f, params, xs, chunk_size=7), closed, exact_rtol(F64))
 
@@ -76,42 +78,42 @@ def test_every_route_gives_the_same_numbers(mlp, task):
 def test_budget_picks_a_chunk_that_fits_and_changes_nothing_else(mlp):
     params, xs = mlp
     f = jj.mlp_function("tanh")
-    whole = planner.explain("input_hessian", f, params, xs)
+    whole = routes.explain("input_hessian", f, params, xs)
     assert whole.chunk_size is None and whole.temp_bytes_per_example > 0
     assert whole.flops > 0
     # Chunked, an example also holds its result until it is copied into the output.
     per_row = whole.temp_bytes_per_example + whole.result_bytes // whole.batch
     budget = whole.temp_bytes_fixed + 10 * per_row
-    p = planner.plan("input_hessian", f, params, xs, max_memory_bytes=budget)
+    p = routes.resolve("input_hessian", f, params, xs, max_memory_bytes=budget)
     assert p.chunk_size == 10
     assert p.temp_bytes <= budget
     hess = jj.batch_input_hessian(f, params, xs, max_memory_bytes=budget)
     assert_close(hess, closed_form.mlp_hessian(params, xs, "tanh"), exact_rtol(F64))
     with pytest.raises(ValueError, match="too small: one example"):
-        planner.plan("input_hessian", f, params, xs, max_memory_bytes=1)
+        routes.resolve("input_hessian", f, params, xs, max_memory_bytes=1)
 
 
 def test_a_result_larger_than_memory_is_refused_before_running(mlp):
     params, _ = mlp
     huge = jax.ShapeDtypeStruct((10**9, 6), F64)  # 10^9 Hessians of 3×6×6 doubles: 864 GB
     with pytest.raises(ValueError, match=r"needs .*GiB for its result alone, more than"):
-        planner.plan("input_hessian", jj.mlp_function("tanh"), params, huge)
+        routes.resolve("input_hessian", jj.mlp_function("tanh"), params, huge)
 
 
-@pytest.mark.parametrize("task", planner.TASKS)
+@pytest.mark.parametrize("task", DERIVATIVE_TASKS)
 def test_a_batch_of_the_wrong_width_names_the_batch_shape(mlp, task):
     params, _ = mlp  # 6 inputs
     with pytest.raises(ValueError, match=r"\(batch, 6\) to match W_1 .*got shape \(5, 4\)"):
-        planner.plan(task, jj.mlp_apply, params, jnp.ones((5, 4), F64))
+        routes.resolve(task, jj.mlp_apply, params, jnp.ones((5, 4), F64))
 
 
-@pytest.mark.parametrize("task", planner.TASKS)
+@pytest.mark.parametrize("task", DERIVATIVE_TASKS)
 def test_one_example_given_to_a_batched_helper_is_named_as_such(mlp, task):
     params, xs = mlp
     with pytest.raises(
         ValueError, match=r"xs must be a batch of shape \(B, 6\) .*got shape \(6,\)"
     ):
-        planner.plan(task, jj.mlp_apply, params, xs[0])
+        routes.resolve(task, jj.mlp_apply, params, xs[0])
 
 
 def test_python_scalars_in_params_are_planned_like_arrays():
@@ -136,7 +138,7 @@ def test_python_scalars_in_params_are_planned_like_arrays():
 
 def test_explain_reads_well(mlp):
     params, xs = mlp
-    text = str(planner.explain("input_jacobian", jj.mlp_function("tanh"), params, xs))
+    text = str(routes.explain("input_jacobian", jj.mlp_function("tanh"), params, xs))
     assert "closed_form route" in text and "from the output side" in text
     assert "GFLOP" in text and "per example" in text
     text = str(
@@ -170,9 +172,9 @@ def test_memory_estimate_matches_xla_for_the_chunked_program(task, batch):
     f = jj.mlp_function("tansig")
     budget = 8 * 2**20
     if task == "input_hessian":  # below its row steps (3.5 MB with the fused kernel): chunks
-        budget = min(budget, planner.explain(task, f, params, xs).temp_bytes_stepped // 2)
+        budget = min(budget, routes.explain(task, f, params, xs).temp_bytes_stepped // 2)
     helper = {"input_jacobian": jj.batch_input_jacobian, "input_hessian": jj.batch_input_hessian}
-    p = planner.plan(task, f, params, xs, max_memory_bytes=budget)
+    p = routes.resolve(task, f, params, xs, max_memory_bytes=budget)
     assert p.chunk_size is not None and p.chunk_size < batch
     call = jax.jit(lambda q, b: helper[task](f, q, b, max_memory_bytes=budget))
     temp = call.lower(params, xs).compile().memory_analysis().temp_size_in_bytes
@@ -189,11 +191,11 @@ def test_budgets_around_the_row_steps_are_kept(task):
     xs = jnp.ones((4096, 32), jnp.float32)
     f = jj.mlp_function("tansig")
     helper = {"input_jacobian": jj.batch_input_jacobian, "input_hessian": jj.batch_input_hessian}
-    stepped = planner.explain(task, f, params, xs).temp_bytes_stepped
+    stepped = routes.explain(task, f, params, xs).temp_bytes_stepped
     assert stepped is not None
     for scale in (0.9, 0.99, 1.0, 1.1):
         budget = int(scale * stepped)
-        p = planner.plan(task, f, params, xs, max_memory_bytes=budget)
+        p = routes.resolve(task, f, params, xs, max_memory_bytes=budget)
         assert (p.chunk_size is None) == (scale >= 1), (scale, p.chunk_size)
         if p.chunk_size is not None:
             assert p.step_rows is None, (scale, p.chunk_size, p.step_rows)
@@ -214,11 +216,11 @@ def test_the_closed_forms_row_steps_are_in_the_estimate(task, batch):
     xs = jnp.ones((batch, 32), jnp.float32)
     f = jj.mlp_function("tansig")
     helper = {"input_jacobian": jj.batch_input_jacobian, "input_hessian": jj.batch_input_hessian}
-    p = planner.explain(task, f, params, xs)
+    p = routes.explain(task, f, params, xs)
     assert p.step_rows is not None and p.step_rows < batch
     temp = jax.jit(lambda q, b: helper[task](f, q, b)).lower(params, xs).compile()
     temp = temp.memory_analysis().temp_size_in_bytes
-    if task == "input_hessian" and jj.closed_form._fused_default(xs):
+    if task == "input_hessian" and _mlp_cpu.fused_default(xs.dtype):
         # The fused kernel's buffers, a worker per core, which XLA does not see: a panel of 256
         # units in two layouts of 32 columns and 32 rows, and an accumulator per output.
         temp += (os.cpu_count() or 1) * 4 * (256 * (32 + 32) + 8 * 32 * 32)
@@ -227,7 +229,7 @@ def test_the_closed_forms_row_steps_are_in_the_estimate(task, batch):
     assert 0.95 * temp <= p.temp_bytes <= 1.05 * temp, (temp, p.temp_bytes)
     linear = p.temp_bytes_fixed + batch * p.temp_bytes_per_example
     assert p.temp_bytes < linear / 4
-    roomy = planner.plan(task, f, params, xs, max_memory_bytes=int(1.1 * temp))
+    roomy = routes.resolve(task, f, params, xs, max_memory_bytes=int(1.1 * temp))
     assert roomy.chunk_size is None and roomy.temp_bytes <= int(1.1 * temp)
     assert "row steps" in str(p)
 
@@ -262,7 +264,7 @@ def test_examples_that_are_not_feature_rows_take_the_autodiff_route():
     }
     shapes = {"input_jacobian": (4, 2, 2, 2, 3), "input_hessian": (4, 2, 2, 2, 3, 2, 3)}
     for task, helper in _HELPERS.items():
-        p = planner.plan(task, f, params, xs)
+        p = routes.resolve(task, f, params, xs)
         assert p.route == "autodiff" and p.activation is None, (task, p)
         got = helper(f, params, xs)
         if task in shapes:
@@ -274,7 +276,7 @@ def test_examples_that_are_not_feature_rows_take_the_autodiff_route():
         with pytest.raises(
             ValueError, match=r"\(B, n_in\) batch: xs has shape \(4, 2, 3\), not \(B, n_in\)"
         ):
-            planner.plan(task, f, params, xs, mode="closed_form")
+            routes.resolve(task, f, params, xs, route="closed_form")
     # Rows within an example do not interact: the Jacobian is block diagonal, each block the
     # closed-form Jacobian of that row (an oracle that owes nothing to autodiff).
     jac = jj.batch_input_jacobian(f, params, xs)
@@ -299,10 +301,10 @@ def test_an_unregistered_activation_object_takes_the_closed_form():
         return jj.mlp_apply(params, x, act)
 
     for task, helper in _HELPERS.items():
-        p = planner.plan(task, f, params, xs)
+        p = routes.resolve(task, f, params, xs)
         assert p.route == "closed_form" and p.activation is act, (task, p)
         closed = helper(f, params, xs)
-        assert_close(closed, helper(f, params, xs, mode="autodiff"), exact_rtol(F64), what=task)
+        assert_close(closed, helper(f, params, xs, route="autodiff"), exact_rtol(F64), what=task)
         assert_close(helper(f, params, xs, chunk_size=4), closed, exact_rtol(F64), what="chunks")
         # sin's derivatives are cos and -sin: the same numbers as the registered "sin".
         assert_close(closed, helper(jj.mlp_function("sin"), params, xs), exact_rtol(F64))
@@ -318,9 +320,9 @@ def test_a_cached_plan_follows_params_changed_in_place():
     params = jj.mlp_init(jax.random.key(1), [3, 5, 2], dtype=jnp.float64)
     xs = jnp.ones((4, 3), jnp.float64)
     f = jj.mlp_function("tanh")
-    assert "[3, 5, 2]" in str(planner.plan("input_jacobian", f, params, xs))
+    assert "[3, 5, 2]" in str(routes.resolve("input_jacobian", f, params, xs))
     params[:] = jj.mlp_init(jax.random.key(2), [3, 7, 6], dtype=jnp.float64)
-    again = planner.plan("input_jacobian", f, params, xs)
+    again = routes.resolve("input_jacobian", f, params, xs)
     assert "[3, 7, 6]" in str(again)
     jac = jj.batch_input_jacobian(f, params, xs)
     assert jac.shape == (4, 6, 3)
