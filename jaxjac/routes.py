@@ -1006,8 +1006,9 @@ def _jacobian_map(f, params, xs, mode, chunk_size, reduce):
     n = math.prod(xs.shape[1:])
 
     def rows(block):
-        jac = batched_program(f, params, block, key)
-        return jax.vmap(reduce)(jac.reshape(block.shape[0], -1, n))
+        jac = batched_program(f, params, block, key)  # (b,) + f_out + x.shape
+        n_out = math.prod(jac.shape[1 : jac.ndim - (xs.ndim - 1)])
+        return jax.vmap(reduce)(jac.reshape(block.shape[0], n_out, n))
 
     return map_chunks(rows, xs, chunk_size)
 

@@ -96,3 +96,10 @@ def test_nan_input_propagates_without_raising():
     params = jj.mlp_init(jax.random.key(0), [3, 4, 2], dtype=jnp.float64)
     out = jj.mlp_apply(params, jnp.array([[jnp.nan, 0.0, 1.0], [0.0, 0.0, 1.0]]))
     assert bool(jnp.all(jnp.isnan(out[0]))) and bool(jnp.all(jnp.isfinite(out[1])))
+
+
+@pytest.mark.parametrize("sizes", [[0, 4, 2], [3, 0, 2], [3, 4, 0]])
+def test_zero_sizes_are_refused_by_name(sizes):
+    params = [{"W": np.zeros((b, a)), "b": np.zeros(b)} for a, b in zip(sizes, sizes[1:])]
+    with pytest.raises(ValueError, match=r"layer \d: W has shape \(\d, \d\); every layer needs"):
+        jj.validate_mlp_params(params)

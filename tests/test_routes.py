@@ -327,3 +327,44 @@ def test_a_cached_plan_follows_params_changed_in_place():
     jac = jj.batch_input_jacobian(f, params, xs)
     assert jac.shape == (4, 6, 3)
     assert_close(jac, jj.closed_form.mlp_jacobian(params, xs, "tanh"), 0.0)
+
+
+def test_a_batch_of_no_rows_gives_empty_results_everywhere():
+    params = jj.mlp_init(jax.random.key(0), [3, 5, 4, 3], dtype=F64)
+    empty = jnp.zeros((0, 3), F64)
+    f = jj.mlp_function("tanh")
+    net_of_x = functools.partial(jj.mlp_apply, params, activation="tanh")
+    for route in ("closed_form", "autodiff"):
+        assert jj.batch_input_jacobian(f, params, empty, route=route).shape == (0, 3, 3)
+        assert jj.batch_input_hessian(f, params, empty, route=route).shape == (0, 3, 3, 3)
+        wjac = jj.batch_weight_jacobian(f, params, empty, route=route)
+        assert [leaf.shape[:2] for leaf in jax.tree_util.tree_leaves(wjac)] == [(0, 3)] * 6
+        assert jj.batch_laplacian(net_of_x, empty, route=route).shape == (0, 3)
+        assert jj.batch_divergence(net_of_x, empty, route=route).shape == (0,)
+        sign, logdet = jj.batch_slogdet_jacobian(net_of_x, empty, route=route)
+        assert sign.shape == logdet.shape == (0,)
+        assert jj.batch_jacobian_det(net_of_x, empty, route=route).shape == (0,)
+    assert jj.batch_input_hessian(f, params, empty, chunk_size=2).shape == (0, 3, 3, 3)
+    assert jj.batch_jacobian_gram(f, params, empty).shape == (0, 3, 3)
+    assert jj.batch_jacobian_norm(f, params, empty).shape == (0,)
+
+
+def test_explain_covers_the_calculus_tasks():
+    params = jj.mlp_init(jax.random.key(0), [3, 6, 3], dtype=F64)
+    xs = jax.random.normal(jax.random.key(1), (5, 3), F64)
+    net_of_x = functools.partial(jj.mlp_apply, params, activation="tanh")
+
+    def other(x):
+        return jnp.sin(x)
+
+    for task in ("laplacian", "divergence", "slogdet", "det"):
+        closed = jj.explain(task, net_of_x, None, xs)
+        assert (closed.route, closed.task, closed.batch) == ("closed_form", task, 5)
+        assert "jaxjac MLP [3, 6, 3]" in str(closed) and closed.flops > 0
+        generic = jj.explain(task, other, None, xs)
+        assert generic.route == "autodiff" and "not jaxjac's MLP" in str(generic)
+    assert jj.explain("laplacian", other, None, xs, mode="loop").mode == "loop"
+    with pytest.raises(ValueError, match=r"mode must be one of \('auto',\), got 'fwd'"):
+        jj.explain("slogdet", net_of_x, None, xs, mode="fwd")
+    with pytest.raises(ValueError, match="f is not jaxjac's MLP as a function of x"):
+        routes.resolve("laplacian", other, None, xs, route="closed_form")
