@@ -1,5 +1,7 @@
 """MLP initialisation, evaluation and validation."""
 
+import itertools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -100,6 +102,6 @@ def test_nan_input_propagates_without_raising():
 
 @pytest.mark.parametrize("sizes", [[0, 4, 2], [3, 0, 2], [3, 4, 0]])
 def test_zero_sizes_are_refused_by_name(sizes):
-    params = [{"W": np.zeros((b, a)), "b": np.zeros(b)} for a, b in zip(sizes, sizes[1:])]
+    params = [{"W": np.zeros((b, a)), "b": np.zeros(b)} for a, b in itertools.pairwise(sizes)]
     with pytest.raises(ValueError, match=r"layer \d: W has shape \(\d, \d\); every layer needs"):
         jj.validate_mlp_params(params)
