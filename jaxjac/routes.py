@@ -740,17 +740,7 @@ def batch_input_jacobian(
     Returns:
         ``(B,) + f_out.shape + x.shape``.
     """
-    return run(
-        "input_jacobian",
-        f,
-        params,
-        xs,
-        route=route,
-        mode=mode,
-        chunk_size=chunk_size,
-        max_memory_bytes=max_memory_bytes,
-        out=out,
-    )
+    return run("input_jacobian", **locals())  # every argument, by name
 
 
 def batch_input_hessian(
@@ -772,17 +762,7 @@ def batch_input_hessian(
     Returns:
         ``(B,) + f_out.shape + x.shape + x.shape``.
     """
-    return run(
-        "input_hessian",
-        f,
-        params,
-        xs,
-        route=route,
-        mode=mode,
-        chunk_size=chunk_size,
-        max_memory_bytes=max_memory_bytes,
-        out=out,
-    )
+    return run("input_hessian", **locals())  # every argument, by name
 
 
 def batch_weight_jacobian(
@@ -803,17 +783,7 @@ def batch_weight_jacobian(
     Returns:
         A pytree shaped like ``params`` with leaves ``(B,) + f_out.shape + leaf.shape``.
     """
-    return run(
-        "weight_jacobian",
-        f,
-        params,
-        xs,
-        route=route,
-        mode=mode,
-        chunk_size=chunk_size,
-        max_memory_bytes=max_memory_bytes,
-        out=out,
-    )
+    return run("weight_jacobian", **locals())  # every argument, by name
 
 
 # --- one example, through the same resolver -------------------------------------------------
@@ -1039,7 +1009,11 @@ def batch_jacobian_abs_sq(
     """``|J|`` and ``J²`` entrywise, the summands of per-(output, feature) sensitivities.
 
     Args:
-        f, params, xs, mode, chunk_size: as in :func:`batch_jacobian_gram`.
+        f: as in :func:`batch_jacobian_gram`.
+        params: as in :func:`batch_jacobian_gram`.
+        xs: as in :func:`batch_jacobian_gram`.
+        mode: as in :func:`batch_jacobian_gram`.
+        chunk_size: as in :func:`batch_jacobian_gram`.
 
     Returns:
         ``(abs, sq)``, each ``(B,) + f_out.shape + x.shape``.
@@ -1060,7 +1034,11 @@ def batch_jacobian_norm(
     """Frobenius norm ``‖J‖_F`` of every example's input Jacobian.
 
     Args:
-        f, params, xs, mode, chunk_size: as in :func:`batch_jacobian_gram`.
+        f: as in :func:`batch_jacobian_gram`.
+        params: as in :func:`batch_jacobian_gram`.
+        xs: as in :func:`batch_jacobian_gram`.
+        mode: as in :func:`batch_jacobian_gram`.
+        chunk_size: as in :func:`batch_jacobian_gram`.
 
     Returns:
         ``(B,)``; under :func:`jaxjac.sharded` it stays sharded per example.
