@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Two workers: the suite is dominated by XLA compilations, which run one per process.
 PYTEST_ARGS ?= -n 2
 
-.PHONY: demo test lint format bench bench-targets bench-hugepages bench-quick clean
+.PHONY: demo test lint format docs notebooks dist bench bench-targets bench-hugepages bench-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,18 +36,40 @@ $(VENV)/.installed-bench: $(BUILD) | $(BIN)/python
 demo: $(VENV)/.installed-cli
 	$(BIN)/jaxjac demo
 
+LINTED := jaxjac tests benchmarks notebooks
+
 test: $(VENV)/.installed-test
-	$(BIN)/ruff check jaxjac tests benchmarks
-	$(BIN)/ruff format --check jaxjac tests benchmarks
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(MAKE) docs
 
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check jaxjac tests benchmarks
-	$(BIN)/ruff format --check jaxjac tests benchmarks
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 
 format: $(VENV)/.installed-test
-	$(BIN)/ruff format jaxjac tests benchmarks
-	$(BIN)/ruff check --fix jaxjac tests benchmarks
+	$(BIN)/ruff format $(LINTED)
+	$(BIN)/ruff check --fix $(LINTED)
+
+# The documentation site (mkdocs-material, mkdocstrings, mkdocs-jupyter) into site/; --strict: a
+# broken cross-reference, a missing page or any warning fails the build.
+docs: $(VENV)/.installed-test
+	$(BIN)/mkdocs build --strict --site-dir site
+
+# The notebooks' single sources are notebooks/NN_name.py (jupytext percent format); this writes
+# the executed notebooks/NN_name.ipynb beside each (tests/test_notebooks.py fails on a stale one).
+# jupytext converts; nbconvert runs each in a fresh python3 kernel in notebooks/, in place, with
+# no per-cell timestamps (so a rebuild's diff is the outputs alone).
+notebooks: $(VENV)/.installed-test
+	$(BIN)/jupytext --to ipynb notebooks/[0-9]*.py
+	$(BIN)/jupyter nbconvert --to notebook --execute --inplace \
+		--ExecutePreprocessor.record_timing=False notebooks/[0-9]*.ipynb
+
+# An sdist and a wheel into dist/ (the wheel carries the fused kernel for every ISA level).
+dist: $(VENV)/.installed-test
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist
 
 # The full grid behind benchmarks/RESULTS.md (about 60-85 minutes on 2 cores); peak-RSS probes
 # of every route are `python -m benchmarks.run --memory all` (several hours).

@@ -10,7 +10,9 @@ more for each wider ISA level (``jaxjac._hessian_contract_x86_64_v3``: AVX2 and 
 
 Every module is optional: where one does not compile (no C++ compiler, a compiler without GCC's
 vector extensions or without an ISA level), the install goes on without it, and without any the
-Hessian takes XLA's route.
+Hessian takes XLA's route (and says so once, at its first use). ``python -m build`` makes the
+sdist and, from it, a wheel that carries every module this machine compiled, so that installing
+the wheel needs no compiler.
 """
 
 import os
@@ -19,7 +21,8 @@ import platform
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-COMMON = ["-std=c++17", "-O3", "-ffp-contract=fast"]
+# -g0 overrides the -g of Python's own CFLAGS: the debug information would be 95% of each module.
+COMMON = ["-std=c++17", "-O3", "-ffp-contract=fast", "-g0"]
 
 # (module suffix, flags): the baseline first. -mtune=generic keeps the compiler's scheduling
 # from following the build machine either.
@@ -42,12 +45,20 @@ class BuildWithJaxlibHeaders(build_ext):
 
     def build_extensions(self):
         """Build every module of the kernel with jaxlib's include directory added."""
-        import jaxlib
-
+        try:
+            import jaxlib
+        except ImportError:  # only without build isolation: [build-system] requires jaxlib
+            self.warn("jaxlib is not installed, so the fused Hessian kernel is not built")
+            return
         include = os.path.join(os.path.dirname(jaxlib.__file__), "include")
         for ext in self.extensions:
             ext.include_dirs.append(include)
         super().build_extensions()
+        if not any(os.path.exists(self.get_ext_fullpath(ext.name)) for ext in self.extensions):
+            self.warn(
+                "no build of the fused Hessian kernel compiled (is a C++ compiler installed?): "
+                "jaxjac installs without it and its Hessian takes XLA's route"
+            )
 
 
 setup(

@@ -17,12 +17,12 @@ The kernel is built by ``pip install`` (``setup.py``) when a C++ compiler is the
 the architecture's baseline ISA and, on x86-64, once more for each of ``x86-64-v3`` (AVX2, FMA)
 and ``x86-64-v4`` (AVX-512): nothing in the build depends on the CPU it is built on. The first use
 asks the baseline build which levels this CPU runs and loads the widest build it runs (no build
-is loaded on a CPU it was not compiled for). Where none is installed, or the program runs on
-another platform, or in another dtype than float32/float64, :func:`layer_sum` computes the same
-sum with ``jnp.einsum``; where builds are installed but none can run here, it does too, after one
-:class:`FusedKernelWarning` that says why. Derivatives of the result (a Hessian inside a loss) go
-through that reference too: :func:`layer_sum` is a ``custom_jvp`` whose tangent is the
-reference's.
+is loaded on a CPU it was not compiled for). Where the program runs on another platform, or in
+another dtype than float32/float64, :func:`layer_sum` computes the same sum with ``jnp.einsum``;
+where no build is installed (jaxjac built from source without a C++ compiler) or none that is
+can run here, it does too, after one :class:`FusedKernelWarning` that says why. Derivatives of
+the result (a Hessian inside a loss) go through that reference too: :func:`layer_sum` is a
+``custom_jvp`` whose tangent is the reference's.
 
 Environment, read once, at the first use:
 
@@ -63,7 +63,7 @@ DTYPES = (np.dtype(np.float32), np.dtype(np.float64))  # what the kernel compute
 
 
 class FusedKernelWarning(RuntimeWarning):
-    """The fused kernel is installed but cannot run here: the Hessian takes XLA's route."""
+    """The fused kernel is not installed or cannot run here: the Hessian takes XLA's route."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,19 +166,24 @@ def _chosen() -> _Variant | None:
     """The build that :func:`layer_sum` calls, chosen, loaded and registered once; or ``None``.
 
     ``None`` where ``JAXJAC_FUSED_HESSIAN=0`` (for comparisons), where no build is installed,
-    and where none can run on this CPU: the last warns once, with the reasons.
+    and where none can run on this CPU: the last two warn once, with the reasons.
     """
     if os.environ.get("JAXJAC_FUSED_HESSIAN", "1") == "0":
         return None
     variant, reasons = _select()
     if variant is None:
-        if reasons:
-            warnings.warn(
-                "the fused Hessian kernel cannot run on this machine, so the Hessian takes "
-                "XLA's route (set JAXJAC_FUSED_HESSIAN=0 to silence this): " + "; ".join(reasons),
-                FusedKernelWarning,
-                stacklevel=2,
-            )
+        why = (
+            "cannot run on this machine: " + "; ".join(reasons)
+            if reasons
+            else "is not installed (this jaxjac was built without a C++ compiler; jaxjac's "
+            "wheel, or a build from source with g++ on the PATH, has it)"
+        )
+        warnings.warn(
+            f"the fused Hessian kernel {why}. The Hessian takes XLA's route "
+            "(set JAXJAC_FUSED_HESSIAN=0 to silence this).",
+            FusedKernelWarning,
+            stacklevel=2,
+        )
         return None
     _register(variant)
     return variant
