@@ -6,7 +6,7 @@ Protocol, per workload (net, batch, dtype) and task:
    jit caches are cleared so every route's first call compiles.
 2. Routes run in library blocks: all JAX routes (jaxjac, closed form, naive, folx), then all torch
    routes (torch threads = core count). Interleaving the two runtimes makes both ~2x slower here
-   (their spinning worker threads take the cores from each other, ANCHORS.md).
+   (their spinning worker threads take the cores from each other).
 3. Per route: the first call (compile + one run, or torch's warm-up) is timed on its own; its
    result is checked against the reference (dtype, shapes, ``max|got - ref| / max|ref|`` within
    ``4 sqrt(eps)``) *before* any timing counts; then warm-up calls. When every route of the
