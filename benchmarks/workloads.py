@@ -45,8 +45,9 @@ units). Each is the cheapest exact algorithm we know, so ``flops / matmul peak``
 * sensitivity:      ``N`` Jacobians.
 
 **Memory estimates** (``estimate_bytes``) decide which routes run under ``--mem-budget-gb``; they
-are deliberately rough (calibrated on peak-RSS measurements: jax.hessian peaks at 2.4 GiB on the wide net at
-B = 256 float32, torch.func at 1.8x that) and every skip is reported with its estimate.
+are deliberately rough (calibrated on measured peak RSS: jax.hessian peaks at 2.4 GiB on the
+wide net at B = 256 float32, torch.func at 1.8x that) and every skip is reported with its
+estimate.
 """
 
 from __future__ import annotations
