@@ -834,7 +834,7 @@ def input_hessian(f: Fn, params: Any, x: ArrayLike, *, route: Route = "auto") ->
 
 
 def weight_jacobian(
-    f: Fn, params: Any, x: ArrayLike, *, route: Route = "auto", mode: str = "rev"
+    f: Fn, params: Any, x: ArrayLike, *, route: Route = "auto", mode: str = "auto"
 ) -> Any:
     """Jacobian of ``f(params, x)`` with respect to the parameters.
 
@@ -843,14 +843,13 @@ def weight_jacobian(
         params: pytree of arrays.
         x: one input.
         route: as in :func:`batch_input_jacobian`.
-        mode: ``"rev"`` (default: networks have far more weights than outputs), ``"fwd"``, or
-            ``"auto"`` (by total parameter count against output size); autodiff only.
+        mode: ``"auto"`` (the closed form's outer products for jaxjac's MLP; on autodiff the
+            cheaper mode by parameter count against output size, i.e. reverse mode for any
+            network with more weights than outputs), or ``"fwd"`` / ``"rev"`` to force autodiff.
 
     Returns:
         A pytree shaped like ``params`` whose leaves have shape ``f_out.shape + leaf.shape``.
     """
-    if route != "autodiff" and mode == "rev" and _mlp_params("weight_jacobian", f, params)[0]:
-        mode = "auto"  # the default: outer products on jaxjac's MLP, reverse mode elsewhere
     return _one("weight_jacobian", f, params, x, route, mode)
 
 

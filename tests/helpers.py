@@ -16,6 +16,12 @@ dominate and a zero reference falls back to absolute error against ``scale``.
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -67,3 +73,30 @@ def central_jacobian(fn, x: np.ndarray) -> np.ndarray:
         e[i] = h[i]
         cols.append((np.asarray(fn(x + e)) - np.asarray(fn(x - e))) / (2 * h[i]))
     return np.stack(cols, axis=-1)
+
+
+def run_code_blocks(blocks: list[tuple[str, str]], folder: Path) -> str:
+    """Run ``(label, code)`` blocks in order in one fresh interpreter in ``folder``; its stdout.
+
+    Each block is followed by a line that prints a marker: the run must exit 0 and print every
+    marker in order, so a block that stops early (an ``exit()``, a swallowed error) fails too.
+    """
+    done = "code block {} ran to its end"
+    script = "\n\n".join(
+        f"# --- {label}\n{code}\nprint({done.format(i)!r}, flush=True)"
+        for i, (label, code) in enumerate(blocks)
+    )
+    (folder / "blocks.py").write_text(script)
+    proc = subprocess.run(
+        [sys.executable, "blocks.py"],
+        cwd=folder,
+        env={**os.environ, "TMPDIR": str(folder)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ran = re.findall(r"(?m)^" + done.format(r"(\d+)") + "$", proc.stdout)
+    assert ran == [str(i) for i in range(len(blocks))], (ran, proc.stdout[-3000:])
+    return proc.stdout

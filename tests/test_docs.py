@@ -29,6 +29,7 @@ import pytest
 import yaml
 
 import jaxjac
+from tests.helpers import run_code_blocks
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -37,8 +38,6 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 PUBLIC_MODULES = sorted(
     p.stem for p in (ROOT / "jaxjac").glob("*.py") if not p.stem.startswith("_")
 )
-
-_DONE = "docs block {} ran to its end"
 
 
 def _nav_paths() -> list[str]:
@@ -160,25 +159,8 @@ def test_python_blocks_then_console_commands_run(tmp_path):
         for block in re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
     ]
     assert len(blocks) >= 10
-    script = "\n\n".join(
-        f"# --- {page.relative_to(DOCS)}, docs block {i}\n{block}\n"
-        f"print({_DONE.format(i)!r}, flush=True)"
-        for i, (page, block) in enumerate(blocks)
-    )
-    (tmp_path / "docs_blocks.py").write_text(script)
-    proc = subprocess.run(
-        [sys.executable, "docs_blocks.py"],
-        cwd=tmp_path,
-        env={**os.environ, "TMPDIR": str(tmp_path)},
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    done = re.findall(r"(?m)^" + _DONE.format(r"(\d+)") + "$", proc.stdout)
-    assert done == [str(i) for i in range(len(blocks))], (done, proc.stdout[-3000:])
-    _check_curvature_example(proc.stdout)
+    labelled = [(f"{page.relative_to(DOCS)}, block {i}", b) for i, (page, b) in enumerate(blocks)]
+    _check_curvature_example(run_code_blocks(labelled, tmp_path))
     # The console examples use the files the Python blocks wrote (model.npz, data.csv).
     exe = Path(sys.executable).with_name("jaxjac")
     commands = _console_commands()

@@ -3,7 +3,14 @@
 import numpy as np
 import pytest
 
-from tests.helpers import assert_close, central_jacobian, exact_rtol, fd_rtol, rel_err
+from tests.helpers import (
+    assert_close,
+    central_jacobian,
+    exact_rtol,
+    fd_rtol,
+    rel_err,
+    run_code_blocks,
+)
 
 
 def test_tolerances_scale_with_dtype():
@@ -32,3 +39,12 @@ def test_central_jacobian_is_accurate():
     jac = central_jacobian(lambda x: np.sin(a @ x), np.array([0.3, -0.7]))
     exact = np.cos(a @ np.array([0.3, -0.7]))[:, None] * a
     assert rel_err(jac, exact) < fd_rtol(np.float64)
+
+
+def test_run_code_blocks_fails_on_a_block_that_stops_early(tmp_path):
+    out = run_code_blocks([("a", "print('hi')"), ("b", "x = 1")], tmp_path)
+    assert out.startswith("hi\n")
+    with pytest.raises(AssertionError, match=r"\['0'\]"):  # exit 0, but block b never ran
+        run_code_blocks([("a", "pass"), ("b", "raise SystemExit(0)")], tmp_path)
+    with pytest.raises(AssertionError, match="ZeroDivisionError"):
+        run_code_blocks([("a", "1 / 0")], tmp_path)

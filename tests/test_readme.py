@@ -6,19 +6,17 @@ documentation site (docs/), whose own examples tests/test_docs.py runs. Its Pyth
 in order, in one fresh interpreter with JAX's default settings (as a user runs them).
 """
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import run_code_blocks
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 DOC_PAGES = sorted((ROOT / "docs").rglob("*.md"))
 
-_DONE = "README block {} ran to its end"
 
 _MONTH = r"January|February|March|April|May|June|July|August|September|October|November|December"
 # What a reference page must not quote: performance history lives in benchmarks/README.md.
@@ -43,24 +41,7 @@ def code_blocks(text: str, kind: str) -> list[str]:
 def test_python_blocks_run(tmp_path):
     blocks = code_blocks(README.read_text(), "python")
     assert len(blocks) >= 1
-    # Every block must run to its end: each is followed by a line that says so.
-    script = "\n\n".join(
-        f"# --- README block {i}\n{b}\nprint({_DONE.format(i)!r}, flush=True)"
-        for i, b in enumerate(blocks)
-    )
-    (tmp_path / "readme.py").write_text(script)
-    proc = subprocess.run(
-        [sys.executable, "readme.py"],
-        cwd=tmp_path,
-        env={**os.environ, "TMPDIR": str(tmp_path)},
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    done = re.findall(r"(?m)^" + _DONE.format(r"(\d+)") + "$", proc.stdout)
-    assert done == [str(i) for i in range(len(blocks))], (done, proc.stdout[-3000:])
+    run_code_blocks([(f"README block {i}", b) for i, b in enumerate(blocks)], tmp_path)
 
 
 def test_readme_links_resolve():
